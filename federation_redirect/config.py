@@ -38,6 +38,7 @@ __all__ = [
     "Config",
     "HostConfig",
     "ProxyConfig",
+    "RoutingConfig",
     "load_config",
     "parse_config",
 ]
@@ -79,9 +80,7 @@ class HostConfig(_Strict):
         description="Relative share of new repositories. 0: no new launches, still checked.",
     )
     health: str | None = Field(default=None, description="Health URL; default url + /health.")
-    versions: str | None = Field(
-        default=None, description="Versions URL; default url + /versions."
-    )
+    versions: str | None = Field(default=None, description="Versions URL; default url + /versions.")
     prime: bool = Field(
         default=False,
         description="Reference for versions, fallback when nothing is routable, home page.",
@@ -130,10 +129,23 @@ class HostConfig(_Strict):
 class CheckConfig(_Strict):
     """Health checking. Times in seconds. Defaults are the production chart's."""
 
-    period: float = Field(default=15, gt=0, allow_inf_nan=False)
-    jitter: float = Field(default=0.1, ge=0, le=1, allow_inf_nan=False)
+    period: float = Field(
+        default=15, gt=0, allow_inf_nan=False, description="Seconds between checks of a member."
+    )
+    jitter: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Each wait is period x (1 +/- jitter/2), so members are not checked in step.",
+    )
     retries: int = Field(default=5, ge=1, description="Attempts per round on transport errors.")
-    timeout: float = Field(default=5, gt=0, allow_inf_nan=False)
+    timeout: float = Field(
+        default=5,
+        gt=0,
+        allow_inf_nan=False,
+        description="Deadline of a whole check round (/versions and /health, retries included).",
+    )
     failed_period: float = Field(
         default=90,
         gt=0,
@@ -167,7 +179,9 @@ class CheckConfig(_Strict):
         description="exact: /versions must equal the prime's; binderhub: only the BinderHub "
         "version (before '+') must match; off: no comparison.",
     )
-    max_response_bytes: int = Field(default=65536, ge=1024)
+    max_response_bytes: int = Field(
+        default=65536, ge=1024, description="Largest /health or /versions body read."
+    )
 
     @model_validator(mode="after")
     def _check_order(self) -> CheckConfig:
@@ -176,12 +190,55 @@ class CheckConfig(_Strict):
         return self
 
 
+class RoutingConfig(_Strict):
+    """The bounded policy (``load_balancer: bounded``) and slow start."""
+
+    balance_factor: float = Field(
+        default=1.25,
+        ge=1,
+        allow_inf_nan=False,
+        description="A member may carry up to this times its weight share of the total load "
+        "before its new repositories spill to their next member.",
+    )
+    per_repo_cap: int = Field(
+        default=100,
+        ge=1,
+        description="Launches of one repository sent to one member within session_minutes "
+        "before the next ones spill (BinderHub's per_repo_quota).",
+    )
+    session_minutes: float = Field(
+        default=20,
+        gt=0,
+        allow_inf_nan=False,
+        description="How long a launch counts towards per_repo_cap (a session's length).",
+    )
+    report_seconds: float = Field(
+        default=60,
+        gt=0,
+        allow_inf_nan=False,
+        description="How long a launch counts on top of a member's pod report (BinderHub "
+        "caches its pod count for up to 60 s).",
+    )
+    slow_start_seconds: float = Field(
+        default=120,
+        ge=0,
+        allow_inf_nan=False,
+        description="A member back from unhealthy ramps its weight up over this window; 0: off.",
+    )
+
+
 class ProxyConfig(_Strict):
     """Pass-through of the home page (every non-launch path) to a page-serving member."""
 
-    connect_timeout: float = Field(default=3, gt=0, allow_inf_nan=False)
-    timeout: float = Field(default=30, gt=0, allow_inf_nan=False)
-    max_body_bytes: int = Field(default=1 << 20, ge=0)
+    connect_timeout: float = Field(
+        default=3, gt=0, allow_inf_nan=False, description="Seconds to connect to a member."
+    )
+    timeout: float = Field(
+        default=30, gt=0, allow_inf_nan=False, description="Seconds to wait for each read."
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20, ge=0, description="Largest request body forwarded (else 413)."
+    )
     launch_host: str | None = Field(
         default=None,
         description="Value of X-Binder-Launch-Host; default https://<request host>/.",
@@ -191,16 +248,31 @@ class ProxyConfig(_Strict):
 class Config(_Strict):
     """The whole configuration, with every default filled in."""
 
-    hosts: dict[str, HostConfig]
+    hosts: dict[str, HostConfig] = Field(
+        description="The members by name (letters, digits, '.', '_', '-'); null entries dropped."
+    )
     check: CheckConfig = Field(default_factory=CheckConfig)
-    load_balancer: Strategy = Field(default=Strategy.RENDEZVOUS, strict=False)
-    pod_headroom: int = Field(default=10, ge=0)
-    host_cookie_age_hours: float = Field(default=4, gt=0, allow_inf_nan=False)
+    load_balancer: Strategy = Field(
+        default=Strategy.BOUNDED,
+        strict=False,
+        description="bounded: rendezvous over capacity x weight with load bounds and spill; "
+        "rendezvous: sticky weighted hashing per repository; random: weighted random.",
+    )
+    pod_headroom: int = Field(
+        default=10, ge=0, description="A member with pods + headroom >= quota counts as full."
+    )
+    host_cookie_age_hours: float = Field(
+        default=4,
+        gt=0,
+        allow_inf_nan=False,
+        description="Lifetime of the stickiness cookie; not extended by later redirects.",
+    )
     badge_base_url: str = Field(
         default="https://static.mybinder.org",
         description="Badge paths redirect to this base URL + /badge.svg or /badge_logo.svg.",
     )
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @field_validator("badge_base_url")
     @classmethod

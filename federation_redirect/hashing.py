@@ -8,11 +8,12 @@ wins. This is the weighted form of rendezvous hashing (Thaler and Ravishankar, 1
 ``w / sum(w)`` share of the keys, and adding, removing or reweighting one member only moves
 keys to or from that member.
 
-The score definition is exactly the one mybinder.org's Tornado redirector uses, so a deployment
-keeps its assignments, with one fix: there ``u`` could round to 1.0 (a division by zero) or be
-0 (a domain error). Here ``u`` is clamped into ``[2**-64, 1 - 2**-53]``; every hash value the old
-code could score gets the same score here. No use of Python's ``hash()``: scores are the same
-in every process, on every machine, after every restart.
+The score definition is exactly the one mybinder.org's Tornado redirector uses (so the same key
+and the same members give the same ranking as there; our keys name repositories, not URL paths,
+so they differ from the ones it hashed), with one fix: there ``u`` could round to 1.0 (a division
+by zero) or be 0 (a domain error). Here ``u`` is clamped into ``[2**-64, 1 - 2**-53]``; every
+hash value the old code could score gets the same score here. No use of Python's ``hash()``:
+scores are the same in every process, on every machine, after every restart.
 """
 
 from __future__ import annotations

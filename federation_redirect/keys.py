@@ -57,7 +57,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import quote, unquote
 
-__all__ = ["PROVIDERS", "repo_key"]
+__all__ = ["PROVIDERS", "launch_key", "repo_key"]
 
 #: Provider ids that BinderHub registers by default.
 PROVIDERS: frozenset[str] = frozenset(
@@ -203,3 +203,13 @@ def repo_key(path: str) -> str | None:
         # keys get hashed as UTF-8: lone surrogates (only a lax decoder yields them) become "?"
         key = key.encode("utf-8", "replace").decode("utf-8")
     return key
+
+
+def launch_key(path: str) -> str:
+    """The routing key of any path the front door redirects.
+
+    The repository key when ``path`` names one; otherwise the lower-cased path itself, so a
+    malformed launch path (``/v2/gh/``) is still routed stably to one member, whose own UI
+    explains the problem.
+    """
+    return repo_key(path) or path.lower()

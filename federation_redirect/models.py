@@ -22,6 +22,7 @@ __all__ = [
     "HealthState",
     "MemberState",
     "OperatorState",
+    "RoutingParams",
     "Snapshot",
     "Strategy",
     "service_reason",
@@ -51,6 +52,7 @@ class OperatorState(StrEnum):
 class Strategy(StrEnum):
     """How a member is chosen for a repository without a valid cookie."""
 
+    BOUNDED = "bounded"  # rendezvous over capacity weights, with load bounds and spill
     RENDEZVOUS = "rendezvous"  # weighted highest-random-weight hashing: sticky
     RANDOM = "random"  # weighted random choice: not sticky
 
@@ -59,6 +61,8 @@ class DecisionReason(StrEnum):
     """Why a request went to the member it went to (a metric label)."""
 
     HASH = "hash"  # first routable member in the repository's ranking
+    SPILL = "spill"  # a later member of the ranking: the ones before it were at their bound
+    SATURATED = "saturated"  # every candidate at its bound: the least utilised one
     RANDOM = "random"  # weighted random choice
     COOKIE = "cookie"  # the stickiness cookie named a member that is still a candidate
     FALLBACK = "fallback"  # nothing routable: the prime member(s) regardless of health
@@ -147,8 +151,9 @@ class HealthReport:
 class MemberState:
     """One member as the routing core sees it.
 
-    ``weight`` is the effective weight the ranking uses (>= 0). ``index`` is the member's
-    position in the configuration, used only for stable ordering.
+    ``weight`` is the effective weight the ranking uses (>= 0): the configured weight, or for
+    the ``bounded`` strategy capacity x weight multiplier, times the slow-start ramp.
+    ``index`` is the member's position in the configuration, used only for stable ordering.
     """
 
     name: str
@@ -161,6 +166,7 @@ class MemberState:
     operator: OperatorState = OperatorState.READY
     full: bool = False
     capacity: Capacity = field(default_factory=Capacity)
+    limit: int | None = None  # most pods it should hold (quota - pod_headroom); None: no limit
 
     @property
     def routable(self) -> bool:
@@ -183,6 +189,14 @@ class MemberState:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutingParams:
+    """Knobs of the bounded policy (see :mod:`federation_redirect.policy`)."""
+
+    balance_factor: float = 1.25
+    per_repo_cap: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The routing view at one instant. Build it with :meth:`build`; never mutate it.
 
@@ -197,22 +211,31 @@ class Snapshot:
     by_name: Mapping[str, MemberState]
     candidates: tuple[MemberState, ...]
     fallback: tuple[MemberState, ...]
+    params: RoutingParams = field(default_factory=RoutingParams)
+    candidate_weight: float = 0.0  # sum of the candidates' weights
 
     @classmethod
     def build(
-        cls, epoch: int, members: tuple[MemberState, ...], strategy: Strategy
+        cls,
+        epoch: int,
+        members: tuple[MemberState, ...],
+        strategy: Strategy,
+        params: RoutingParams | None = None,
     ) -> Snapshot:
         """Derive the lookup tables from ``members`` and return the frozen snapshot."""
         ordered = tuple(sorted(members, key=lambda m: m.index))
         not_maint = tuple(m for m in ordered if m.operator is not OperatorState.MAINT)
         primes = tuple(m for m in not_maint if m.prime)
+        candidates = tuple(m for m in ordered if m.routable)
         return cls(
             epoch=epoch,
             members=ordered,
             strategy=strategy,
             by_name=MappingProxyType({m.name: m for m in ordered}),
-            candidates=tuple(m for m in ordered if m.routable),
+            candidates=candidates,
             fallback=primes or not_maint,
+            params=params or RoutingParams(),
+            candidate_weight=sum(m.weight for m in candidates),
         )
 
 

@@ -72,14 +72,16 @@ def test_trailing_slashes_are_stripped_and_check_urls_default_under_the_member()
 
 def test_zero_weight_prime_is_kept_checked_and_warned_about() -> None:
     warnings: list[str] = []
-    config = parse_config({"hosts": {"a": host(weight=0), "b": {"url": "https://b.example"}}}, warnings)
+    config = parse_config(
+        {"hosts": {"a": host(weight=0), "b": {"url": "https://b.example"}}}, warnings
+    )
     assert config.hosts["a"].weight == 0 and config.hosts["a"].prime
     assert any("hosts.a.weight: 0" in w for w in warnings)
 
 
 def test_defaults_are_filled_in() -> None:
     config = parse_config({"hosts": {"a": host()}})
-    assert config.load_balancer is Strategy.RENDEZVOUS
+    assert config.load_balancer is Strategy.BOUNDED
     assert config.pod_headroom == 10 and config.host_cookie_age_hours == 4
     assert (config.check.fall, config.check.rise, config.check.versions) == (2, 2, "exact")
     assert config.hosts["a"].pages is True  # the prime serves the home page by default
@@ -102,7 +104,7 @@ def test_defaults_are_filled_in() -> None:
         ({"hosts": {"a": {"url": "https://a.example"}}}, "hosts: at least one member must have prime: true"),
         ({"hosts": {}}, "hosts: at least one member is required"),
         ({"hosts": {"a": host()}, "check": {"period": 0}}, "check.period: must be > 0"),
-        ({"hosts": {"a": host()}, "load_balancer": "roundrobin"}, "load_balancer: must be one of 'rendezvous' or 'random'"),
+        ({"hosts": {"a": host()}, "load_balancer": "roundrobin"}, "load_balancer: must be one of 'bounded', 'rendezvous' or 'random'"),
         ({"hosts": {"a": host()}, "pod_headroom": -1}, "pod_headroom: must be >= 0"),
         ({"hosts": {"a": host()}, "surprise": 1}, "surprise: unknown key"),
         ({"hosts": {"a b": host()}}, "hosts.a b: member names must be"),
@@ -141,10 +143,16 @@ def test_json_and_yaml_files_load_the_same(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "expected"),
-    [(None, "cannot read"), ("hosts: [unclosed", "not valid YAML or JSON"), ("- a\n", "must be a mapping")],
+    [
+        (None, "cannot read"),
+        ("hosts: [unclosed", "not valid YAML or JSON"),
+        ("- a\n", "must be a mapping"),
+    ],
     ids=["missing-file", "syntax-error", "not-a-mapping"],
 )
-def test_unreadable_documents_are_clear_errors(tmp_path: Path, content: str | None, expected: str) -> None:
+def test_unreadable_documents_are_clear_errors(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
     path = tmp_path / "c.yaml"
     if content is not None:
         path.write_text(content)

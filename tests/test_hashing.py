@@ -47,8 +47,9 @@ def test_extreme_hash_values_do_not_divide_by_zero() -> None:
 
 def test_scores_are_stable_across_processes() -> None:
     # Golden value: no use of Python's salted hash().
-    assert rank("gh:ipython/ipython-in-depth", [("a", 1.0), ("b", 1.0), ("c", 1.0)])[0][0] == (
-        rank("gh:ipython/ipython-in-depth", [("c", 1.0), ("b", 1.0), ("a", 1.0)])[0][0]
+    assert (
+        rank("gh:ipython/ipython-in-depth", [("a", 1.0), ("b", 1.0), ("c", 1.0)])[0][0]
+        == (rank("gh:ipython/ipython-in-depth", [("c", 1.0), ("b", 1.0), ("a", 1.0)])[0][0])
     )
     assert round(score("key-0", "a", 1.0), 9) == round(score("key-0", "a", 1.0), 9)
 
@@ -61,7 +62,9 @@ weights = st.floats(min_value=0.1, max_value=100, allow_nan=False)
 
 @settings(max_examples=60, deadline=None)
 @given(names=names, data=st.data())
-def test_raising_a_weight_moves_keys_only_to_that_member(names: list[str], data: st.DataObject) -> None:
+def test_raising_a_weight_moves_keys_only_to_that_member(
+    names: list[str], data: st.DataObject
+) -> None:
     ws = [data.draw(weights) for _ in names]
     before = [(n, w) for n, w in zip(names, ws, strict=True)]
     after = [(n, w * 3 if i == 0 else w) for i, (n, w) in enumerate(before)]

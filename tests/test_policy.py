@@ -54,9 +54,7 @@ def test_hash_decision_takes_the_best_ranked_routable_member() -> None:
 
 def test_unhealthy_member_gets_no_new_repositories_and_only_its_keys_move() -> None:
     healthy = snapshot(member("a", prime=True), member("b"), member("c"))
-    sick = snapshot(
-        member("a", prime=True), member("b", health=HealthState.UNHEALTHY), member("c")
-    )
+    sick = snapshot(member("a", prime=True), member("b", health=HealthState.UNHEALTHY), member("c"))
     for i in range(300):
         key = f"gh:o/r{i}"
         before, after = choose(healthy, key).member.name, choose(sick, key).member.name
@@ -141,9 +139,12 @@ def test_random_strategy_follows_weights_and_uses_the_injected_rng() -> None:
     counts = Counter(route(snap, "gh:o/r", rng=rng).member.name for _ in range(4000))  # type: ignore[union-attr]
     assert abs(counts["a"] / 4000 - 0.75) < 0.03
     again = random.Random(42)
-    assert route(snap, "gh:o/r", rng=again).member.name == route(  # type: ignore[union-attr]
-        snap, "gh:o/r", rng=random.Random(42)
-    ).member.name
+    assert (
+        route(snap, "gh:o/r", rng=again).member.name
+        == route(  # type: ignore[union-attr]
+            snap, "gh:o/r", rng=random.Random(42)
+        ).member.name
+    )
 
 
 def test_random_strategy_without_rng_is_a_programming_error() -> None:

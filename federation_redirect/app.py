@@ -1,0 +1,125 @@
+"""The application factory: wires configuration, registry, health engine and web layers.
+
+``create_app(config)`` returns the ASGI app; nothing is built at import time. Run it with
+``federation-redirect serve`` or ``uvicorn --factory federation_redirect.app:create_app_from_env``
+(which reads the config path from ``FEDERATION_REDIRECT_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from .api import build_api
+from .config import Config, load_config
+from .health import HealthEngine
+from .metrics import Metrics
+from .proxy import HomeProxy
+from .registry import Registry
+from .web import FrontDoor
+
+__all__ = ["CONFIG_ENV", "DEFAULT_CONFIG", "FederationApp", "create_app", "create_app_from_env"]
+
+log = logging.getLogger("federation_redirect")
+
+CONFIG_ENV = "FEDERATION_REDIRECT_CONFIG"
+DEFAULT_CONFIG = "config/mybinder.yaml"
+
+
+class FederationApp(FrontDoor):
+    """The ASGI app, with handles on its parts for tests and the CLI."""
+
+    config: Config
+    engine: HealthEngine
+
+
+def create_app(
+    config: Config,
+    *,
+    health_client: httpx.AsyncClient | None = None,
+    proxy_client: httpx.AsyncClient | None = None,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    run_health_checks: bool = True,
+) -> FederationApp:
+    """Build the redirector for ``config``.
+
+    Seams: ``health_client`` (the health engine's HTTP client), ``proxy_client`` (the home-page
+    proxy's), ``rng`` (random strategy and check jitter), ``clock``/``wall_clock``. With
+    ``run_health_checks=False`` no background checks run (the ``route`` command and some
+    tests drive the registry themselves). Background tasks start and stop with the ASGI
+    lifespan.
+    """
+    registry = Registry(config, clock=clock)
+    engine = HealthEngine(
+        config, registry, client=health_client, clock=clock, wall_clock=wall_clock, rng=rng
+    )
+    metrics = Metrics(registry, check_stats=lambda: engine.stats)
+    own_proxy_client = proxy_client is None
+    client = proxy_client or httpx.AsyncClient(
+        timeout=httpx.Timeout(config.proxy.timeout, connect=config.proxy.connect_timeout),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        follow_redirects=False,
+    )
+
+    async def housekeeping() -> None:
+        # Once a second: forget launch counts past their windows, move slow-start ramps.
+        while True:
+            await asyncio.sleep(1.0)
+            registry.loads.expire(clock())
+            registry.tick()
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        if run_health_checks:
+            await engine.start()
+        chores = asyncio.create_task(housekeeping(), name="housekeeping")
+        log.info(
+            "federation-redirect serving %d members (%s): %s",
+            len(config.hosts),
+            config.load_balancer,
+            ", ".join(config.hosts),
+        )
+        try:
+            yield
+        finally:
+            chores.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chores
+            await engine.stop()
+            if own_proxy_client:
+                await client.aclose()
+
+    api = build_api(registry, metrics, lifespan=lifespan)
+    app = FederationApp(
+        config=config,
+        registry=registry,
+        metrics=metrics,
+        api=api,
+        proxy=HomeProxy(config, registry, metrics, client),
+        rng=rng,
+        wall_clock=wall_clock,
+    )
+    app.config = config
+    app.engine = engine
+    return app
+
+
+def create_app_from_env() -> FederationApp:
+    """Factory for ``uvicorn --factory``: config from ``$FEDERATION_REDIRECT_CONFIG``."""
+    path = os.environ.get(CONFIG_ENV, DEFAULT_CONFIG)
+    warnings: list[str] = []
+    config = load_config(path, warnings)
+    for w in warnings:
+        log.warning("config: %s", w)
+    return create_app(config)

@@ -1,0 +1,93 @@
+"""Launch counters for the bounded policy: what a member is carrying beyond its last report.
+
+BinderHub caches its pod count for up to 60 s, so during a burst the last ``/health`` report
+is stale: the policy adds the launches it sent to each member since that member's pod count
+last changed (forgetting those older than ``report_seconds``, by when the member's own count
+includes them). It also counts launches per (member, repository) over a session-length
+window, so a repository is spilled to its next member before BinderHub's ``per_repo_quota``
+refuses it.
+
+Costs: :meth:`LoadTracker.record` and both reads are O(1) dict operations; memory is bounded
+by the launches of one session window (counts are bucketed, then dropped by :meth:`expire`).
+Time is passed in (``now``, seconds on any monotonic clock), so the simulator replays traces
+through the same code.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+
+__all__ = ["LoadTracker"]
+
+
+class LoadTracker:
+    """Implements :class:`federation_redirect.policy.Loads`."""
+
+    def __init__(
+        self,
+        *,
+        session_seconds: float = 20 * 60,
+        report_seconds: float = 60,
+        bucket_seconds: float = 10,
+    ) -> None:
+        self.session_seconds = session_seconds
+        self.report_seconds = report_seconds
+        self.bucket_seconds = bucket_seconds
+        self._since: defaultdict[str, int] = defaultdict(int)
+        self._since_buckets: defaultdict[str, deque[list[int]]] = defaultdict(deque)
+        self._repo: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self._repo_buckets: deque[tuple[int, Counter[tuple[str, str]]]] = deque()
+
+    # -- policy.Loads -----------------------------------------------------------------------
+
+    def launches(self, member: str) -> int:
+        return self._since.get(member, 0)
+
+    def repo_launches(self, member: str, key: str) -> int:
+        return self._repo.get((member, key), 0)
+
+    # -- updates ---------------------------------------------------------------------------
+
+    def record(self, member: str, key: str, now: float) -> None:
+        """One launch of ``key`` was sent to ``member`` at ``now``."""
+        bucket = int(now // self.bucket_seconds)
+        self._since[member] += 1
+        since = self._since_buckets[member]
+        if since and since[-1][0] == bucket:
+            since[-1][1] += 1
+        else:
+            since.append([bucket, 1])
+        repo = self._repo_buckets
+        if not repo or repo[-1][0] != bucket:
+            repo.append((bucket, Counter()))
+        repo[-1][1][member, key] += 1
+        self._repo[member, key] += 1
+
+    def reported(self, member: str) -> None:
+        """``member`` reported a new pod count: it now includes the launches sent so far."""
+        self._since.pop(member, None)
+        self._since_buckets.pop(member, None)
+
+    def expire(self, now: float) -> None:
+        """Forget launches older than the report and session windows."""
+        report_cut = int((now - self.report_seconds) // self.bucket_seconds)
+        for member in list(self._since_buckets):
+            since = self._since_buckets[member]
+            while since and since[0][0] < report_cut:
+                self._since[member] -= since.popleft()[1]
+            if not since:
+                del self._since_buckets[member]
+                self._since.pop(member, None)
+        session_cut = int((now - self.session_seconds) // self.bucket_seconds)
+        repo = self._repo_buckets
+        while repo and repo[0][0] < session_cut:
+            for mk, n in repo.popleft()[1].items():
+                left = self._repo[mk] - n
+                if left > 0:
+                    self._repo[mk] = left
+                else:
+                    del self._repo[mk]
+
+    def tracked_repositories(self) -> int:
+        """How many (member, repository) pairs are being counted (for metrics and tests)."""
+        return len(self._repo)

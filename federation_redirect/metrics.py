@@ -1,0 +1,317 @@
+"""Every metric federation-redirect exports, in one place.
+
+Per-member state (health, capacity, weight) is computed at scrape time by a custom collector
+from the registry's current snapshot, so a member that changed state never leaves a stale
+series behind (the production app's gauges kept a ``1`` for a member that had gone down).
+Counters that the hot path bumps are plain integers in dicts owned by this module and exported
+by the same collector: one event loop, so no lock is needed and the cost per redirect is one
+dict update.
+
+Names kept from the production app so existing dashboards keep working:
+``federation_health{member,reason}``, ``federation_health_check{member,check}`` and
+``federation_redirect_count{member,reason}``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .models import HealthState, OperatorState
+from .registry import Registry
+
+__all__ = [
+    "CONTENT_TYPE",
+    "CheckStats",
+    "LatencyHistogram",
+    "Metrics",
+    "ProxyCounters",
+    "RedirectCounters",
+]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Seconds. A redirect takes tens of microseconds; a proxied page tens of milliseconds.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class CheckStats(Protocol):
+    """What the health engine counts per member (see health.MemberCheckStats)."""
+
+    rounds_total: int
+    failures_total: dict[str, int]
+    exceptions_total: int
+    last_duration_seconds: float | None
+
+
+class RedirectCounters:
+    """Redirects per (member, reason) since start. Incremented on the hot path."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: defaultdict[tuple[str, str], int] = defaultdict(int)
+
+    def inc(self, member: str, reason: str) -> None:
+        self.counts[member, reason] += 1
+
+
+class ProxyCounters:
+    """Proxied home-page requests per (member, outcome)."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self) -> None:
+        self.counts: defaultdict[tuple[str, str], int] = defaultdict(int)
+
+    def inc(self, member: str, outcome: str) -> None:
+        self.counts[member, outcome] += 1
+
+
+@dataclass
+class _Series:
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+
+class LatencyHistogram:
+    """Request duration per route kind, in seconds, with fixed buckets."""
+
+    __slots__ = ("series",)
+
+    def __init__(self) -> None:
+        self.series: dict[str, _Series] = {}
+
+    def observe(self, route: str, seconds: float) -> None:
+        s = self.series.get(route)
+        if s is None:
+            s = self.series[route] = _Series()
+        s.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        s.total += seconds
+        s.count += 1
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._m.families()
+
+
+class Metrics:
+    """Holds the hot-path counters and renders everything for ``/metrics``."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        check_stats: Callable[[], Mapping[str, CheckStats]] = dict,
+    ) -> None:
+        self.registry = registry
+        self.check_stats = check_stats
+        self.redirects = RedirectCounters()
+        self.proxied = ProxyCounters()
+        self.latency = LatencyHistogram()
+        self._prom = CollectorRegistry(auto_describe=False)
+        self._prom.register(_Collector(self))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self._prom)
+
+    def families(self) -> Iterator[Metric]:
+        reg = self.registry
+        snap = reg.snapshot
+        members = snap.members
+
+        info = GaugeMetricFamily(
+            "federation_info", "Build and routing information.", labels=["version", "strategy"]
+        )
+        info.add_metric([__version__, str(snap.strategy)], 1)
+        yield info
+
+        health = GaugeMetricFamily(
+            "federation_health",
+            "Overall health of each member: 1 healthy, 0 not. 'reason' is why it is not"
+            " ('unknown' before its first check). One series per member, never stale.",
+            labels=["member", "reason"],
+        )
+        per_check = GaugeMetricFamily(
+            "federation_health_check",
+            "Each BinderHub service check of each member (and 'versions'): 1 ok, 0 failed.",
+            labels=["member", "check"],
+        )
+        state = GaugeMetricFamily(
+            "federation_member_state",
+            "Health state of each member, one-hot over unknown/healthy/unhealthy.",
+            labels=["member", "state"],
+        )
+        op_state = GaugeMetricFamily(
+            "federation_member_operator_state",
+            "Operator state of each member, one-hot over ready/drain/maint.",
+            labels=["member", "state"],
+        )
+        routable = GaugeMetricFamily(
+            "federation_member_routable",
+            "1 if the member is a candidate for new repositories now.",
+            labels=["member"],
+        )
+        full = GaugeMetricFamily(
+            "federation_member_full",
+            "1 if the member is within pod_headroom of its quota (healthy but not a candidate).",
+            labels=["member"],
+        )
+        weight = GaugeMetricFamily(
+            "federation_member_weight",
+            "Effective routing weight of each member.",
+            labels=["member"],
+        )
+        quota = GaugeMetricFamily(
+            "federation_member_quota_pods",
+            "Pod quota each member reports (absent when unlimited or unknown).",
+            labels=["member"],
+        )
+        pods = GaugeMetricFamily(
+            "federation_member_pods",
+            "Pods each member last reported running.",
+            labels=["member"],
+        )
+        free = GaugeMetricFamily(
+            "federation_member_free_slots",
+            "Pods each member can still start before it counts as full.",
+            labels=["member"],
+        )
+        last_check = GaugeMetricFamily(
+            "federation_health_check_last_timestamp_seconds",
+            "Wall-clock time of each member's last completed health check round.",
+            labels=["member"],
+        )
+        headroom = reg.config.pod_headroom
+        for m in members:
+            report = reg.health(m.name)
+            healthy = m.health is HealthState.HEALTHY
+            reason = "" if healthy else (report.reason or str(m.health))
+            health.add_metric([m.name, reason], 1 if healthy else 0)
+            for check, ok in report.checks.items():
+                per_check.add_metric([m.name, check], 1 if ok else 0)
+            for hs in HealthState:
+                state.add_metric([m.name, str(hs)], 1 if m.health is hs else 0)
+            for o in OperatorState:
+                op_state.add_metric([m.name, str(o)], 1 if m.operator is o else 0)
+            routable.add_metric([m.name], 1 if m.routable else 0)
+            full.add_metric([m.name], 1 if m.full else 0)
+            weight.add_metric([m.name], m.weight)
+            cap = m.capacity
+            if cap.quota is not None:
+                quota.add_metric([m.name], cap.quota)
+                free_slots = cap.free_slots(headroom)
+                if free_slots is not None and cap.pods is not None:
+                    free.add_metric([m.name], free_slots)
+            if cap.pods is not None:
+                pods.add_metric([m.name], cap.pods)
+            if report.checked_at is not None:
+                last_check.add_metric([m.name], report.checked_at)
+        yield from (health, per_check, state, op_state, routable, full, weight)
+        yield from (quota, pods, free, last_check)
+
+        fallback = GaugeMetricFamily(
+            "federation_fallback_active",
+            "1 while no member is routable and launches go to the fallback (prime) members.",
+        )
+        fallback.add_metric([], 1 if reg.first_round_done and not snap.candidates else 0)
+        yield fallback
+        ready = GaugeMetricFamily(
+            "federation_ready",
+            "1 when /readyz answers ready (first round done and a member routable).",
+        )
+        ready.add_metric([], 1 if reg.ready else 0)
+        yield ready
+
+        legacy = GaugeMetricFamily(
+            "federation_redirect_count",
+            "Requests redirected to each member since start, by reason (kept for old dashboards;"
+            " prefer federation_redirects_total).",
+            labels=["member", "reason"],
+        )
+        total = CounterMetricFamily(
+            "federation_redirects",
+            "Requests redirected to each member since start, by decision reason.",
+            labels=["member", "reason"],
+        )
+        for (member, why), count in sorted(self.redirects.counts.items()):
+            legacy.add_metric([member, why], count)
+            total.add_metric([member, why], count)
+        yield legacy
+        yield total
+
+        proxied = CounterMetricFamily(
+            "federation_proxy_requests",
+            "Home-page requests proxied, by member tried and outcome"
+            " (ok, failed: tried the next member).",
+            labels=["member", "outcome"],
+        )
+        for (member, outcome), count in sorted(self.proxied.counts.items()):
+            proxied.add_metric([member, outcome], count)
+        yield proxied
+
+        rounds = CounterMetricFamily(
+            "federation_health_check_rounds", "Health check rounds per member.", labels=["member"]
+        )
+        failures = CounterMetricFamily(
+            "federation_health_check_failures",
+            "Failed health check rounds per member and reason.",
+            labels=["member", "reason"],
+        )
+        errors = CounterMetricFamily(
+            "federation_health_check_errors",
+            "Unexpected exceptions inside a member's health check (logged; the loop survives).",
+            labels=["member"],
+        )
+        duration = GaugeMetricFamily(
+            "federation_health_check_duration_seconds",
+            "Duration of each member's last health check round.",
+            labels=["member"],
+        )
+        for name, st in sorted(self.check_stats().items()):
+            rounds.add_metric([name], st.rounds_total)
+            for why, count in sorted(st.failures_total.items()):
+                failures.add_metric([name, why], count)
+            errors.add_metric([name], st.exceptions_total)
+            if st.last_duration_seconds is not None:
+                duration.add_metric([name], st.last_duration_seconds)
+        yield from (rounds, failures, errors, duration)
+
+        latency = HistogramMetricFamily(
+            "federation_request_duration_seconds",
+            "Time to answer a request, by route kind (launch, build, badge, proxy, preflight).",
+            labels=["route"],
+        )
+        for route, s in sorted(self.latency.series.items()):
+            cumulative = 0
+            buckets = []
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), s.buckets, strict=True):
+                cumulative += n
+                buckets.append((_le(bound), cumulative))
+            latency.add_metric([route], buckets, s.total)
+        yield latency
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)

@@ -34,8 +34,9 @@ class CheckFailed(FederationRedirectError):
 
     ``reason`` is one of the fixed strings of :class:`federation_redirect.models.HealthReason`
     (or ``service:<name>`` from its bounded list); ``explicit`` is true when the member itself
-    said it is unwell (a failed service check, a version mismatch) rather than the network
-    failing to reach it: explicit failures remove a member at once, transport failures only
+    said it is unwell (a failed service check, a version mismatch) or gave an answer that is
+    not a usable BinderHub answer (bad_response, 3xx/4xx), rather than the network failing to
+    reach it: explicit failures remove a member at once, transport failures only
     after ``check.fall`` consecutive rounds.
     """
 

@@ -25,13 +25,24 @@ from .health import HealthEngine
 from .metrics import Metrics
 from .proxy import HomeProxy
 from .registry import Registry
+from .state.base import StateStore
+from .state.memory import MemoryStore
 from .web import FrontDoor
 
-__all__ = ["CONFIG_ENV", "DEFAULT_CONFIG", "FederationApp", "create_app", "create_app_from_env"]
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_CONFIG",
+    "REDIS_ENV",
+    "FederationApp",
+    "build_store",
+    "create_app",
+    "create_app_from_env",
+]
 
 log = logging.getLogger("federation_redirect")
 
 CONFIG_ENV = "FEDERATION_REDIRECT_CONFIG"
+REDIS_ENV = "FEDERATION_REDIRECT_REDIS_URL"
 DEFAULT_CONFIG = "config/mybinder.yaml"
 
 
@@ -40,6 +51,34 @@ class FederationApp(FrontDoor):
 
     config: Config
     engine: HealthEngine
+    store: StateStore
+
+
+def build_store(
+    config: Config,
+    registry: Registry,
+    engine: HealthEngine,
+    *,
+    clock: Callable[[], float],
+    wall_clock: Callable[[], float],
+) -> StateStore:
+    """The Redis store when ``state.redis_url`` is set, else the in-memory one."""
+    state = config.state
+    if state.redis_url is None:
+        return MemoryStore(registry, engine, wall_clock=wall_clock)
+    # Imported here so that a deployment without Redis never loads the Redis client.
+    from .state.redis import RedisStore
+
+    return RedisStore(
+        state.redis_url,
+        registry,
+        engine,
+        prefix=state.key_prefix,
+        lock_seconds=state.lock_seconds,
+        flush_seconds=state.flush_seconds,
+        clock=clock,
+        wall_clock=wall_clock,
+    )
 
 
 def create_app(
@@ -51,20 +90,24 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     run_health_checks: bool = True,
+    store: StateStore | None = None,
 ) -> FederationApp:
     """Build the redirector for ``config``.
 
     Seams: ``health_client`` (the health engine's HTTP client), ``proxy_client`` (the home-page
     proxy's), ``rng`` (random strategy and check jitter), ``clock``/``wall_clock``. With
-    ``run_health_checks=False`` no background checks run (the ``route`` command and some
-    tests drive the registry themselves). Background tasks start and stop with the ASGI
-    lifespan.
+    ``run_health_checks=False`` no background checks or state sync run (the ``route`` command
+    and some tests drive the registry themselves). ``store`` replaces the state store made
+    from ``config.state``. Background tasks start and stop with the ASGI lifespan.
     """
     registry = Registry(config, clock=clock)
     engine = HealthEngine(
         config, registry, client=health_client, clock=clock, wall_clock=wall_clock, rng=rng
     )
-    metrics = Metrics(registry, check_stats=lambda: engine.stats)
+    if store is None:
+        store = build_store(config, registry, engine, clock=clock, wall_clock=wall_clock)
+    shared = store
+    metrics = Metrics(registry, check_stats=lambda: engine.stats, store=store)
     own_proxy_client = proxy_client is None
     client = proxy_client or httpx.AsyncClient(
         timeout=httpx.Timeout(config.proxy.timeout, connect=config.proxy.connect_timeout),
@@ -82,7 +125,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: Any) -> AsyncIterator[None]:
         if run_health_checks:
-            await engine.start()
+            await shared.start()
         chores = asyncio.create_task(housekeeping(), name="housekeeping")
         log.info(
             "federation-redirect serving %d members (%s): %s",
@@ -96,6 +139,8 @@ def create_app(
             chores.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await chores
+            if run_health_checks:
+                await shared.stop()
             await engine.stop()
             if own_proxy_client:
                 await client.aclose()
@@ -112,6 +157,7 @@ def create_app(
     )
     app.config = config
     app.engine = engine
+    app.store = store
     return app
 
 
@@ -119,7 +165,7 @@ def create_app_from_env() -> FederationApp:
     """Factory for ``uvicorn --factory``: config from ``$FEDERATION_REDIRECT_CONFIG``."""
     path = os.environ.get(CONFIG_ENV, DEFAULT_CONFIG)
     warnings: list[str] = []
-    config = load_config(path, warnings)
+    config = load_config(path, warnings).with_redis_url(os.environ.get(REDIS_ENV) or None)
     for w in warnings:
         log.warning("config: %s", w)
     return create_app(config)

@@ -1,4 +1,4 @@
-"""The console commands: ``serve``, ``check-config`` and ``route``.
+"""The console commands: ``serve``, ``check-config``, ``route``, ``simulate`` and ``make-trace``.
 
 ``main(argv)`` parses ``argv`` (default ``sys.argv[1:]``), runs one command and returns its exit
 status: 0 success; 1 ``route`` was given a URL that is not a launch URL; 2 the configuration is
@@ -8,6 +8,10 @@ printed on its own line as ``error: <field.path>: <message>``.
 ``route`` builds its routing view with the server's own :class:`~.registry.Registry` and decides
 with the server's own :func:`~.policy.route`, so what it prints is what ``serve`` would answer
 with every member healthy.
+
+``simulate`` replays a launch trace through that same routing code (:mod:`.simulate`);
+``make-trace`` turns per-day launch counts into such a trace (:mod:`.trace`). Both exit with
+status 2 when an input file or option is unusable, printing ``error: <problem>``.
 """
 
 from __future__ import annotations
@@ -20,20 +24,33 @@ import os
 import random
 import sys
 from collections.abc import Callable, Sequence
+from datetime import date
 from typing import TypedDict
 from urllib.parse import urlsplit
 
 import uvicorn
 import yaml
+from pydantic import ValidationError
 
 from . import __version__
-from .app import CONFIG_ENV, DEFAULT_CONFIG, create_app
+from .app import CONFIG_ENV, DEFAULT_CONFIG, REDIS_ENV, create_app
 from .config import Config, load_config
 from .errors import ConfigError
 from .keys import repo_key
 from .models import HealthReport, HealthState, Snapshot
 from .policy import ranking, route
 from .registry import Registry
+from .simulate import (
+    DISTRIBUTIONS,
+    POLICIES,
+    Options,
+    ScenarioError,
+    format_report,
+    parse_outage,
+    parse_weight_change,
+    simulate,
+)
+from .trace import TraceError, make_trace, parse_burst, read_counts, read_trace, write_trace
 
 __all__ = ["main"]
 
@@ -97,6 +114,12 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated addresses or networks ('*' for any) trusted to set "
         "X-Forwarded-For and X-Forwarded-Proto (default: $FORWARDED_ALLOW_IPS or 127.0.0.1)",
     )
+    serve.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="share state with other replicas through this Redis (default: "
+        "$FEDERATION_REDIRECT_REDIS_URL, else state.redis_url, else in memory)",
+    )
     serve.set_defaults(handler=_serve)
 
     check = commands.add_parser(
@@ -120,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("urls", nargs="+", metavar="URL", help="full URL or path")
     explain.add_argument("--json", action="store_true", help="print JSON for scripts")
     explain.set_defaults(handler=_route)
+    _add_simulation_commands(commands)
     return parser
 
 
@@ -161,6 +185,12 @@ def _serve(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     config = _load(path, warnings.append)
     if config is None:
+        return EXIT_CONFIG
+    redis_url = args.redis_url or os.environ.get(REDIS_ENV) or None
+    try:
+        config = config.with_redis_url(redis_url)
+    except ValidationError:
+        print("error: --redis-url: must be a redis://, rediss:// or unix:// URL", file=sys.stderr)
         return EXIT_CONFIG
     _configure_logging(args.log_level)
     log.info("configuration from %s", path)
@@ -316,3 +346,180 @@ def _describe(result: Routed) -> str:
         if chosen["reason"] == "random":
             lines.append("           (one weighted random draw: the server draws again per launch)")
     return "\n".join(lines)
+
+
+# -- simulate and make-trace ----------------------------------------------------------------
+
+
+def _add_simulation_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sim = commands.add_parser(
+        "simulate",
+        help="replay a launch trace through the routing policies",
+        description="Replay a launch trace (JSON lines in the mybinder.org events archive "
+        "format) through the real routing code against simulated members, and report per "
+        "policy: cache hits and misses, refusals, first-choice rate, each member's share "
+        "and utilisation, and churn under --fail / --weight.",
+    )
+    _add_config_option(sim)
+    sim.add_argument("--trace", required=True, metavar="PATH", help="JSON-lines launch trace")
+    sim.add_argument(
+        "--policy",
+        action="append",
+        choices=POLICIES,
+        metavar="NAME",
+        help=f"policy to run, may repeat: {', '.join(POLICIES)} (default: all)",
+    )
+    sim.add_argument("--json", action="store_true", help="print one JSON document")
+    sim.add_argument(
+        "--session-minutes", type=float, default=20, metavar="M", help="mean session length"
+    )
+    sim.add_argument(
+        "--session-distribution",
+        choices=DISTRIBUTIONS,
+        default="exponential",
+        help="distribution of session lengths (default %(default)s)",
+    )
+    sim.add_argument(
+        "--cache-hours", type=float, default=6, metavar="H", help="a member stays warm this long"
+    )
+    sim.add_argument(
+        "--report-seconds",
+        type=float,
+        default=60,
+        metavar="S",
+        help="members report their pod count this often",
+    )
+    sim.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
+    sim.add_argument(
+        "--fail",
+        action="append",
+        default=[],
+        metavar="MEMBER@START_MIN-END_MIN",
+        help="member is failed between these minutes after midnight UTC (may repeat)",
+    )
+    sim.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="MEMBER=W@MIN",
+        help="member's weight becomes W at this minute after midnight UTC (may repeat)",
+    )
+    sim.add_argument(
+        "--demand-threshold",
+        type=float,
+        default=0.85,
+        metavar="F",
+        help="also count refusals while offered demand is under F x capacity (default 0.85)",
+    )
+    sim.add_argument(
+        "--repo",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="report this repository's launches separately, e.g. gh/org/repo/HEAD (may repeat)",
+    )
+    sim.set_defaults(handler=_simulate)
+
+    make = commands.add_parser(
+        "make-trace",
+        help="make a launch trace from per-day launch counts",
+        description="Spread the launches of one day of a per-day counts CSV (columns date, "
+        "provider, spec, launches) over a daily load curve 1 + A cos(2 pi (t - peak) / 24 h), "
+        "add workshop bursts, and write JSON lines in the events archive format.",
+    )
+    make.add_argument("--counts", required=True, metavar="CSV", help="per-day launch counts")
+    make.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day to use")
+    make.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
+    make.add_argument(
+        "--burst",
+        action="append",
+        default=[],
+        metavar="SPEC,COUNT,START_MIN,DURATION_MIN",
+        help="add COUNT launches of SPEC (e.g. gh/org/repo/HEAD) within DURATION_MIN minutes "
+        "from START_MIN minutes after midnight UTC (may repeat)",
+    )
+    make.add_argument("--amplitude", type=float, default=0.5, metavar="A", help="0..1")
+    make.add_argument("--peak-hour", type=float, default=14, metavar="H", help="UTC hour")
+    make.add_argument("--output", required=True, metavar="PATH", help="trace file ('-': stdout)")
+    make.set_defaults(handler=_make_trace)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    config = _load(_config_path(args.config), _print_warning)
+    if config is None:
+        return EXIT_CONFIG
+    try:
+        options = Options(
+            session_minutes=args.session_minutes,
+            session_distribution=args.session_distribution,
+            cache_hours=args.cache_hours,
+            report_seconds=args.report_seconds,
+            seed=args.seed,
+            outages=tuple(parse_outage(text) for text in args.fail),
+            weight_changes=tuple(parse_weight_change(text) for text in args.weight),
+            demand_threshold=args.demand_threshold,
+            watch=tuple(args.repo),
+        )
+        launches = read_trace(args.trace)
+        progress = _progress if sys.stderr.isatty() else None
+        result = simulate(config, launches, args.policy or POLICIES, options, progress=progress)
+    except (ScenarioError, TraceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    finally:
+        if sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(format_report(result))
+    return EXIT_OK
+
+
+def _progress(label: str, done: int, total: int) -> None:
+    print(
+        f"\r\033[K{label}: {done:,} of {total:,} launches ({100 * done // total}%)",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _make_trace(args: argparse.Namespace) -> int:
+    try:
+        day = date.fromisoformat(args.date)
+    except ValueError:
+        print(f"error: --date {args.date!r}: expected YYYY-MM-DD", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        bursts = [parse_burst(text) for text in args.burst]
+        counts = [row for row in read_counts(args.counts) if row.day == day]
+        if not counts:
+            raise TraceError(f"{args.counts}: no launches on {day.isoformat()}")
+        events = make_trace(
+            counts,
+            day,
+            seed=args.seed,
+            bursts=bursts,
+            amplitude=args.amplitude,
+            peak_hour=args.peak_hour,
+        )
+    except TraceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.output == "-":
+        written = write_trace(events, sys.stdout)
+    else:
+        try:
+            with open(args.output, "w", encoding="utf-8") as stream:
+                written = write_trace(events, stream)
+        except OSError as exc:
+            print(f"error: {args.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    in_bursts = sum(b.count for b in bursts)
+    print(
+        f"{written:,} launches ({written - in_bursts:,} from counts, {in_bursts:,} in bursts)"
+        f" on {day.isoformat()} -> {args.output}",
+        file=sys.stderr,
+    )
+    return EXIT_OK

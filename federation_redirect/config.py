@@ -39,6 +39,7 @@ __all__ = [
     "HostConfig",
     "ProxyConfig",
     "RoutingConfig",
+    "StateConfig",
     "load_config",
     "parse_config",
 ]
@@ -227,6 +228,41 @@ class RoutingConfig(_Strict):
     )
 
 
+class StateConfig(_Strict):
+    """Where replicas share state. No ``redis_url``: this process alone, in memory."""
+
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://, rediss:// or unix:// URL of the shared store; none: in memory. "
+        "Also --redis-url or FEDERATION_REDIRECT_REDIS_URL.",
+    )
+    key_prefix: str = Field(
+        default="federation-redirect",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="Prefix of every Redis key, so federations can share a Redis.",
+    )
+    lock_seconds: float = Field(
+        default=5,
+        gt=0,
+        allow_inf_nan=False,
+        description="TTL of the health-checker lock; a dead checker is replaced within it.",
+    )
+    flush_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        le=0.2,
+        allow_inf_nan=False,
+        description="Launch counters are shared at least this often.",
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+
 class ProxyConfig(_Strict):
     """Pass-through of the home page (every non-launch path) to a page-serving member."""
 
@@ -273,6 +309,7 @@ class Config(_Strict):
     )
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
 
     @field_validator("badge_base_url")
     @classmethod
@@ -299,6 +336,13 @@ class Config(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def with_redis_url(self, url: str | None) -> Config:
+        """A copy using ``url`` for the shared store (None: keep the configured one)."""
+        if url is None:
+            return self
+        state = StateConfig.model_validate({**self.state.model_dump(), "redis_url": url})
+        return self.model_copy(update={"state": state})
 
     @property
     def members(self) -> list[tuple[str, HostConfig]]:

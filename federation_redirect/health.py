@@ -287,7 +287,8 @@ class HealthEngine:
     redirects, explicit timeouts and limits, no proxies from the environment) and closes it
     in :meth:`stop`; an injected client is left open. ``clock`` (monotonic seconds) times
     rounds and stamps capacity; ``wall_clock`` (epoch seconds) stamps reports; ``rng`` draws
-    the jitter. Sleeping uses the event loop's own time. An engine runs once: start, stop.
+    the jitter. Sleeping uses the event loop's own time. ``start`` and ``pause`` may alternate
+    (a replica that gains or loses the checker role); ``stop`` ends it.
     """
 
     def __init__(
@@ -334,23 +335,40 @@ class HealthEngine:
         return MappingProxyType(self._tasks)
 
     async def start(self) -> None:
-        """Start one loop per member; each first check waits a random [0, jitter*period]."""
+        """Start one loop per member; each first check waits a random [0, jitter*period].
+
+        The state machines start from what the registry believes now, so an engine that
+        takes over from another replica's checker (or resumes after :meth:`pause`) carries
+        on instead of treating every member as unknown.
+        """
         if self._tasks:
             raise RuntimeError("health engine already started")
         check = self.config.check
+        for name in self.config.hosts:
+            believed = self.registry.health(name).state
+            if self._tracks[name].state is not believed:
+                self._tracks[name] = _Track(state=believed)
         for name in self.config.hosts:
             spread = self._rng.uniform(0, check.jitter * check.period)
             task = asyncio.create_task(self._loop(name, spread), name=f"health-check:{name}")
             task.add_done_callback(self._loop_ended)
             self._tasks[name] = task
 
-    async def stop(self) -> None:
-        """Cancel every loop and wait for them; close the client if the engine made it."""
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
+    async def pause(self) -> None:
+        """Cancel every loop and wait for them; :meth:`start` may follow again."""
         tasks = list(self._tasks.values())
         self._tasks.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Pause for good and close the client if the engine made it."""
+        await self.pause()
         if self._owns_client:
             await self.client.aclose()
 

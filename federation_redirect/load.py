@@ -37,6 +37,12 @@ class LoadTracker:
         self._since_buckets: defaultdict[str, deque[list[int]]] = defaultdict(deque)
         self._repo: defaultdict[tuple[str, str], int] = defaultdict(int)
         self._repo_buckets: deque[tuple[int, Counter[tuple[str, str]]]] = deque()
+        # Sharing with other replicas (see state.redis): each local launch counts ``scale``
+        # times (the replicas last seen, while the shared store is down), and when
+        # ``sharing`` is on it is also put in the outbox that the store flushes.
+        self.scale = 1
+        self.sharing = False
+        self.outbox: Counter[tuple[str, str]] = Counter()
 
     # -- policy.Loads -----------------------------------------------------------------------
 
@@ -50,18 +56,30 @@ class LoadTracker:
 
     def record(self, member: str, key: str, now: float) -> None:
         """One launch of ``key`` was sent to ``member`` at ``now``."""
+        if self.sharing:
+            self.outbox[member, key] += 1
+        self.add(member, key, now, self.scale)
+
+    def add(self, member: str, key: str, now: float, count: int = 1) -> None:
+        """Count ``count`` launches of ``key`` to ``member`` at ``now`` (another replica's,
+        or this one's); unlike :meth:`record` it never goes to the outbox."""
         bucket = int(now // self.bucket_seconds)
-        self._since[member] += 1
+        self._since[member] += count
         since = self._since_buckets[member]
         if since and since[-1][0] == bucket:
-            since[-1][1] += 1
+            since[-1][1] += count
         else:
-            since.append([bucket, 1])
+            since.append([bucket, count])
         repo = self._repo_buckets
         if not repo or repo[-1][0] != bucket:
             repo.append((bucket, Counter()))
-        repo[-1][1][member, key] += 1
-        self._repo[member, key] += 1
+        repo[-1][1][member, key] += count
+        self._repo[member, key] += count
+
+    def drain(self) -> Counter[tuple[str, str]]:
+        """Take the launches recorded since the last drain (for the store to share)."""
+        out, self.outbox = self.outbox, Counter()
+        return out
 
     def reported(self, member: str) -> None:
         """``member`` reported a new pod count: it now includes the launches sent so far."""

@@ -60,6 +60,21 @@ class CheckStats(Protocol):
     last_duration_seconds: float | None
 
 
+class StoreView(Protocol):
+    """What the metrics read of the state store."""
+
+    @property
+    def shared(self) -> bool: ...
+    @property
+    def up(self) -> bool: ...
+    @property
+    def checker(self) -> bool: ...
+    @property
+    def replicas(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+
+
 class RedirectCounters:
     """Redirects per (member, reason) since start. Incremented on the hot path."""
 
@@ -123,8 +138,10 @@ class Metrics:
         self,
         registry: Registry,
         check_stats: Callable[[], Mapping[str, CheckStats]] = dict,
+        store: StoreView | None = None,
     ) -> None:
         self.registry = registry
+        self.store = store
         self.check_stats = check_stats
         self.redirects = RedirectCounters()
         self.proxied = ProxyCounters()
@@ -244,6 +261,9 @@ class Metrics:
         ready.add_metric([], 1 if reg.ready else 0)
         yield ready
 
+        if self.store is not None:
+            yield from self._store_families(self.store)
+
         legacy = GaugeMetricFamily(
             "federation_redirect_count",
             "Requests redirected to each member since start, by reason (kept for old dashboards;"
@@ -311,6 +331,28 @@ class Metrics:
                 buckets.append((_le(bound), cumulative))
             latency.add_metric([route], buckets, s.total)
         yield latency
+
+    @staticmethod
+    def _store_families(store: StoreView) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "federation_state_store_up",
+            "1 while the state store answers (always 1 for the in-memory store).",
+            labels=["store"],
+        )
+        up.add_metric(["redis" if store.shared else "memory"], 1 if store.up else 0)
+        checker = GaugeMetricFamily(
+            "federation_state_store_checker", "1 if this replica runs the health checks now."
+        )
+        checker.add_metric([], 1 if store.checker else 0)
+        replicas = GaugeMetricFamily(
+            "federation_state_store_replicas", "Replicas of the redirector seen recently."
+        )
+        replicas.add_metric([], store.replicas)
+        version = GaugeMetricFamily(
+            "federation_overrides_version", "Version of the operator overrides in effect here."
+        )
+        version.add_metric([], store.version)
+        yield from (up, checker, replicas, version)
 
 
 def _le(bound: float) -> str:

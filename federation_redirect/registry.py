@@ -28,7 +28,16 @@ from types import MappingProxyType
 
 from .config import Config
 from .load import LoadTracker
-from .models import HealthReport, HealthState, MemberState, RoutingParams, Snapshot, Strategy
+from .models import (
+    HealthReport,
+    HealthState,
+    MemberState,
+    OperatorState,
+    RoutingParams,
+    Snapshot,
+    Strategy,
+)
+from .state.base import EMPTY_OVERRIDES, Override
 
 __all__ = ["RAMP_FLOOR", "Registry"]
 
@@ -55,6 +64,8 @@ class Registry:
         self._recovered_at: dict[str, float] = {}
         self._epoch = 0
         self._listeners: list[Callable[[Snapshot], None]] = []
+        self._report_listeners: list[Callable[[str, HealthReport], None]] = []
+        self.overrides: Mapping[str, Override] = EMPTY_OVERRIDES
         self.reference_versions: Mapping[str, object] | None = None
         self._was_falling_back = False
         self.snapshot: Snapshot = self._build()
@@ -87,6 +98,8 @@ class Registry:
         old = self._health[name]
         self._health[name] = report
         self._checked.add(name)
+        for listener in self._report_listeners:
+            listener(name, report)
         if old.capacity.pods != report.capacity.pods:
             self.loads.reported(name)
         if (
@@ -104,6 +117,22 @@ class Registry:
             report.capacity.pods,
         ):
             self._swap()
+
+    def set_overrides(self, overrides: Mapping[str, Override]) -> None:
+        """Apply the operators' overrides (unknown member names are ignored)."""
+        if dict(overrides) != dict(self.overrides):
+            self.overrides = MappingProxyType(dict(overrides))
+            self._swap()
+
+    def configured_weight(self, name: str) -> float:
+        """The member's weight after operator overrides, before capacity and ramp."""
+        host = self.config.hosts[name]
+        override = self.overrides.get(name)
+        return host.weight if override is None else override.effective_weight(host.weight)
+
+    def on_report(self, listener: Callable[[str, HealthReport], None]) -> None:
+        """Call ``listener(name, report)`` after every health report (for sharing them)."""
+        self._report_listeners.append(listener)
 
     def tick(self) -> None:
         """Advance slow-start ramps (the app calls this every second while ``ramping``)."""
@@ -155,7 +184,8 @@ class Registry:
         members = []
         for index, (name, host) in enumerate(config.hosts.items()):
             report = self._health[name]
-            weight = host.weight * (capacities[name] if bounded else 1.0)
+            override = self.overrides.get(name)
+            weight = self.configured_weight(name) * (capacities[name] if bounded else 1.0)
             quota = report.capacity.quota or host.quota
             members.append(
                 MemberState(
@@ -169,6 +199,7 @@ class Registry:
                     full=report.full,
                     capacity=report.capacity,
                     limit=None if quota is None else max(0, quota - headroom),
+                    operator=OperatorState.READY if override is None else override.state,
                 )
             )
         return Snapshot.build(self._epoch, tuple(members), config.load_balancer, self._params)

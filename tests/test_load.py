@@ -1,0 +1,78 @@
+"""The launch counters behind the bounded policy: windows, expiry, reports, memory."""
+
+from __future__ import annotations
+
+from federation_redirect.load import LoadTracker
+
+
+def tracker() -> LoadTracker:
+    return LoadTracker(session_seconds=1200, report_seconds=60, bucket_seconds=10)
+
+
+def test_launches_count_per_member_until_the_member_reports() -> None:
+    loads = tracker()
+    for t in range(5):
+        loads.record("a", f"gh:o/r{t}", float(t))
+    loads.record("b", "gh:o/r0", 2.0)
+    assert (loads.launches("a"), loads.launches("b"), loads.launches("c")) == (5, 1, 0)
+    loads.reported("a")
+    assert (loads.launches("a"), loads.launches("b")) == (0, 1)
+
+
+def test_a_report_does_not_forget_the_per_repository_counts() -> None:
+    loads = tracker()
+    loads.record("a", "gh:o/r", 0.0)
+    loads.record("a", "gh:o/r", 1.0)
+    loads.reported("a")
+    assert loads.repo_launches("a", "gh:o/r") == 2
+    assert loads.repo_launches("b", "gh:o/r") == 0
+
+
+def test_launches_since_a_report_are_forgotten_after_the_report_window() -> None:
+    loads = tracker()
+    loads.record("a", "gh:o/r", 0.0)
+    loads.record("a", "gh:o/r", 45.0)
+    loads.expire(65.0)  # 65 s old, but counted in 10 s buckets: the window rounds up
+    assert loads.launches("a") == 2
+    loads.expire(75.0)
+    assert loads.launches("a") == 1
+    loads.expire(120.0)
+    assert loads.launches("a") == 0
+
+
+def test_per_repository_counts_cover_one_session_window() -> None:
+    loads = tracker()
+    for t in range(0, 600, 60):  # ten launches over ten minutes
+        loads.record("a", "gh:o/r", float(t))
+    loads.expire(1199.0)
+    assert loads.repo_launches("a", "gh:o/r") == 10
+    loads.expire(1500.0)  # launches before 300 s are out of the 1200 s window
+    assert loads.repo_launches("a", "gh:o/r") == 5
+    loads.expire(1800.0 + 10)
+    assert loads.repo_launches("a", "gh:o/r") == 0
+
+
+def test_counts_are_kept_per_member_and_repository() -> None:
+    loads = tracker()
+    loads.record("a", "gh:o/x", 0.0)
+    loads.record("a", "gh:o/y", 0.0)
+    loads.record("b", "gh:o/x", 0.0)
+    assert loads.repo_launches("a", "gh:o/x") == 1
+    assert loads.repo_launches("a", "gh:o/y") == 1
+    assert loads.repo_launches("b", "gh:o/y") == 0
+    assert loads.tracked_repositories() == 3
+
+
+def test_memory_is_bounded_by_the_session_window_after_expire() -> None:
+    loads = tracker()
+    for i in range(20000):  # a day of launches, each of a new repository
+        t = i * 4.32
+        loads.record(f"m{i % 3}", f"gh:o/r{i}", t)
+        if i % 100 == 0:
+            loads.expire(t)
+    loads.expire(20000 * 4.32)
+    # only the last 1200 s (about 280 launches) are still counted
+    assert loads.tracked_repositories() <= 1200 / 4.32 + 10
+    loads.expire(10**6)
+    assert loads.tracked_repositories() == 0
+    assert all(loads.launches(m) == 0 for m in ("m0", "m1", "m2"))

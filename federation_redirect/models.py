@@ -145,6 +145,11 @@ class HealthReport:
     capacity: Capacity = field(default_factory=Capacity)
     full: bool = False
     checks: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
+    # Launch outcomes scraped from the member's own /metrics (see outcomes.py): the failure
+    # ratio over the window (None: no signal, or too few attempts), and whether that made
+    # the member degraded (still healthy, but its weight is scaled down).
+    launch_failure_ratio: float | None = None
+    degraded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +172,7 @@ class MemberState:
     full: bool = False
     capacity: Capacity = field(default_factory=Capacity)
     limit: int | None = None  # most pods it should hold (quota - pod_headroom); None: no limit
+    degraded: bool = False  # launches on it are failing: weight scaled by outcomes.weight_factor
 
     @property
     def routable(self) -> bool:

@@ -1,4 +1,6 @@
-"""Local endpoints served by FastAPI: Kubernetes probes, Prometheus metrics, ``/active_hosts``.
+"""Local endpoints served by FastAPI: probes, metrics, ``/active_hosts``, the operator API
+(``/api/v1``, :mod:`federation_redirect.admin`) and the status page (``/status``,
+:mod:`federation_redirect.status`).
 
 These are not on the launch hot path (the front door in :mod:`federation_redirect.web` answers
 launches before a request ever reaches FastAPI's router).
@@ -6,14 +8,20 @@ launches before a request ever reaches FastAPI's router).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from . import __version__
+from .admin import build_admin_router
+from .auth import AdminTokens
 from .metrics import CONTENT_TYPE, Metrics
 from .registry import Registry
+from .state.base import StateStore
+from .status import load_status_page
 
 __all__ = ["build_api"]
 
@@ -22,8 +30,15 @@ def build_api(
     registry: Registry,
     metrics: Metrics,
     lifespan: Any = None,
+    *,
+    store: StateStore,
+    tokens: AdminTokens,
+    wall_clock: Callable[[], float] = time.time,
 ) -> FastAPI:
-    """The FastAPI app for the local endpoints. ``lifespan`` runs the background tasks."""
+    """The FastAPI app for the local endpoints. ``lifespan`` runs the background tasks.
+
+    ``store`` takes the operator API's writes; ``tokens`` authenticates them.
+    """
     app = FastAPI(
         title="federation-redirect",
         version=__version__,
@@ -73,5 +88,16 @@ def build_api(
     @app.get("/metrics", summary="Prometheus metrics.", response_class=Response)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    app.include_router(
+        build_admin_router(registry, store, metrics.recent, tokens, wall_clock=wall_clock),
+        prefix="/api/v1",
+    )
+
+    page = load_status_page()
+
+    @app.get("/status", include_in_schema=False, response_class=HTMLResponse)
+    async def status() -> HTMLResponse:
+        return HTMLResponse(page.body, headers=page.headers)
 
     return app

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from .api import build_api
+from .auth import AdminTokens
 from .config import Config, load_config
 from .health import HealthEngine
 from .metrics import Metrics
@@ -91,6 +92,7 @@ def create_app(
     wall_clock: Callable[[], float] = time.time,
     run_health_checks: bool = True,
     store: StateStore | None = None,
+    admin_tokens: AdminTokens | None = None,
 ) -> FederationApp:
     """Build the redirector for ``config``.
 
@@ -98,7 +100,9 @@ def create_app(
     proxy's), ``rng`` (random strategy and check jitter), ``clock``/``wall_clock``. With
     ``run_health_checks=False`` no background checks or state sync run (the ``route`` command
     and some tests drive the registry themselves). ``store`` replaces the state store made
-    from ``config.state``. Background tasks start and stop with the ASGI lifespan.
+    from ``config.state``. ``admin_tokens`` authenticate operator API writes (default: from
+    ``$FEDERATION_REDIRECT_ADMIN_TOKENS`` and ``admin.tokens_file``). Background tasks start
+    and stop with the ASGI lifespan.
     """
     registry = Registry(config, clock=clock)
     engine = HealthEngine(
@@ -145,7 +149,16 @@ def create_app(
             if own_proxy_client:
                 await client.aclose()
 
-    api = build_api(registry, metrics, lifespan=lifespan)
+    if admin_tokens is None:
+        admin_tokens = AdminTokens.from_environment(config.admin.tokens_file)
+    api = build_api(
+        registry,
+        metrics,
+        lifespan=lifespan,
+        store=store,
+        tokens=admin_tokens,
+        wall_clock=wall_clock,
+    )
     app = FederationApp(
         config=config,
         registry=registry,

@@ -12,6 +12,14 @@ with every member healthy.
 ``simulate`` replays a launch trace through that same routing code (:mod:`.simulate`);
 ``make-trace`` turns per-day launch counts into such a trace (:mod:`.trace`). Both exit with
 status 2 when an input file or option is unusable, printing ``error: <problem>``.
+
+The operator commands ``members``, ``set-weight``, ``drain``, ``undrain``, ``maint`` and
+``audit`` are thin clients of a running redirector's operator API (:mod:`.admin`) at ``--url``
+(default ``$FEDERATION_REDIRECT_URL``, else ``http://127.0.0.1:8080``); writes send the token
+in ``$FEDERATION_REDIRECT_ADMIN_TOKEN``. They print tables (``--json``: the API's JSON) and
+exit with status 0 on success, 1 when the redirector refused the request (401, 403, 404,
+413, 422: the message says why), 2 on a usage error, 3 when it could not be reached or could
+not do it (connection refused, timeout, 5xx such as 503 "shared store unavailable").
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ import os
 import random
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date
-from typing import TypedDict
-from urllib.parse import urlsplit
+from datetime import UTC, date, datetime
+from typing import Any, TypedDict
+from urllib.parse import quote, urlsplit
 
+import httpx
 import uvicorn
 import yaml
 from pydantic import ValidationError
@@ -46,6 +55,7 @@ from .simulate import (
     Options,
     ScenarioError,
     format_report,
+    parse_degradation,
     parse_outage,
     parse_weight_change,
     simulate,
@@ -142,8 +152,17 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_option(explain)
     explain.add_argument("urls", nargs="+", metavar="URL", help="full URL or path")
     explain.add_argument("--json", action="store_true", help="print JSON for scripts")
+    explain.add_argument(
+        "--degraded",
+        action="append",
+        default=[],
+        metavar="MEMBER",
+        help="assume launches on this member are failing: it is degraded, its weight scaled "
+        "by outcomes.weight_factor (may repeat)",
+    )
     explain.set_defaults(handler=_route)
     _add_simulation_commands(commands)
+    _add_operator_commands(commands)
     return parser
 
 
@@ -258,6 +277,7 @@ class Ranked(TypedDict):
     weight: float
     score: float
     routable: bool
+    degraded: bool
 
 
 class Chosen(TypedDict):
@@ -279,7 +299,11 @@ def _route(args: argparse.Namespace) -> int:
     config = _load(_config_path(args.config), _print_warning)
     if config is None:
         return EXIT_CONFIG
-    snapshot = _all_healthy(config)
+    unknown = [name for name in args.degraded if name not in config.hosts]
+    if unknown:
+        print(f"error: --degraded {unknown[0]!r}: no such member", file=sys.stderr)
+        return EXIT_CONFIG
+    snapshot = _all_healthy(config, degraded=args.degraded)
     results = [_explain(snapshot, url) for url in args.urls]
     if args.json:
         print(json.dumps(results, indent=2))
@@ -288,12 +312,19 @@ def _route(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r["launch"] for r in results) else EXIT_NOT_LAUNCH
 
 
-def _all_healthy(config: Config) -> Snapshot:
-    """The routing view of ``config`` with every member healthy, built as the server builds it."""
+def _all_healthy(config: Config, degraded: Sequence[str] = ()) -> Snapshot:
+    """The routing view of ``config`` with every member healthy, built as the server builds it
+    (the members in ``degraded`` are healthy but degraded)."""
     registry = Registry(config)
-    healthy = HealthReport(state=HealthState.HEALTHY, detail="assumed healthy by `route`")
     for name in config.hosts:
-        registry.report(name, healthy)
+        registry.report(
+            name,
+            HealthReport(
+                state=HealthState.HEALTHY,
+                detail="assumed healthy by `route`",
+                degraded=name in degraded,
+            ),
+        )
     return registry.snapshot
 
 
@@ -307,7 +338,9 @@ def _explain(snapshot: Snapshot, url: str) -> Routed:
     if key is None:
         return result
     result["ranking"] = [
-        Ranked(member=m.name, weight=m.weight, score=score, routable=m.routable)
+        Ranked(
+            member=m.name, weight=m.weight, score=score, routable=m.routable, degraded=m.degraded
+        )
         for m, score in ranking(snapshot, key)
     ]
     # the random strategy draws per request; seeding with the key makes the output repeatable
@@ -335,6 +368,8 @@ def _describe(result: Routed) -> str:
     lines.append(f"  ranking  {'member':<{width}}  {'weight':>8}  {'score':>12}")
     for r in result["ranking"]:
         note = "  (weight 0: never chosen)" if r["weight"] == 0 else ""
+        if r["degraded"]:
+            note += "  (degraded: launches failing, weight scaled down)"
         lines.append(
             f"           {r['member']:<{width}}  {r['weight']:>8g}  {r['score']:>12.6g}{note}"
         )
@@ -358,7 +393,8 @@ def _add_simulation_commands(commands: argparse._SubParsersAction[argparse.Argum
         description="Replay a launch trace (JSON lines in the mybinder.org events archive "
         "format) through the real routing code against simulated members, and report per "
         "policy: cache hits and misses, refusals, first-choice rate, each member's share "
-        "and utilisation, and churn under --fail / --weight.",
+        "and utilisation, failed launches under --degrade, and churn under --fail / --weight "
+        "/ --degrade.",
     )
     _add_config_option(sim)
     sim.add_argument("--trace", required=True, metavar="PATH", help="JSON-lines launch trace")
@@ -411,6 +447,19 @@ def _add_simulation_commands(commands: argparse._SubParsersAction[argparse.Argum
         default=[],
         metavar="MEMBER=W@MIN",
         help="member's weight becomes W at this minute after midnight UTC (may repeat)",
+    )
+    sim.add_argument(
+        "--degrade",
+        action="append",
+        default=[],
+        metavar="MEMBER@START_MIN-END_MIN[:RATIO]",
+        help="launches on the member fail with this probability (default 1) between these "
+        "minutes after midnight UTC while its health checks pass (may repeat)",
+    )
+    sim.add_argument(
+        "--no-outcomes",
+        action="store_true",
+        help="turn outcome-aware health off: failing launches do not degrade a member",
     )
     sim.add_argument(
         "--demand-threshold",
@@ -469,6 +518,8 @@ def _simulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             outages=tuple(parse_outage(text) for text in args.fail),
             weight_changes=tuple(parse_weight_change(text) for text in args.weight),
+            degradations=tuple(parse_degradation(text) for text in args.degrade),
+            outcomes=not args.no_outcomes,
             demand_threshold=args.demand_threshold,
             watch=tuple(args.repo),
         )
@@ -535,3 +586,291 @@ def _make_trace(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return EXIT_OK
+
+
+# -- operator commands: clients of the operator API ----------------------------------------
+
+URL_ENV = "FEDERATION_REDIRECT_URL"
+TOKEN_ENV = "FEDERATION_REDIRECT_ADMIN_TOKEN"  # noqa: S105 (a variable's name, not a secret)
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_REFUSED = 1
+EXIT_UNAVAILABLE = 3
+CLIENT_TIMEOUT_SECONDS = 10.0
+
+
+class _ApiFailed(Exception):
+    """The request did not succeed: ``message`` for stderr, ``status`` the exit status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def _add_operator_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def client(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=help_text, description=description)
+        parser.add_argument(
+            "--url",
+            metavar="URL",
+            help=f"the redirector (default: ${URL_ENV}, else {DEFAULT_URL})",
+        )
+        parser.add_argument("--json", action="store_true", help="print the API's JSON")
+        return parser
+
+    def member_change(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        parser = client(name, help_text, description + f" Needs ${TOKEN_ENV}.")
+        parser.add_argument("name", metavar="NAME", help="the member")
+        return parser
+
+    members = client(
+        "members",
+        "show every member as the redirector routes it",
+        "Show every member of a running redirector: state, health, weights, pods, load and "
+        "its share of the redirects of the last 5 minutes.",
+    )
+    members.set_defaults(handler=_members)
+
+    weight = member_change(
+        "set-weight",
+        "change a member's weight on every replica",
+        "Set a member's weight: a number (the configuration's unit, replacing its configured "
+        "weight), NN%% (a percentage of the configured weight), or 'reset' (back to the "
+        "configured weight).",
+    )
+    weight.add_argument("weight", metavar="WEIGHT", help="number, NN%%, or reset")
+    weight.add_argument("--reason", default="", help="why, for the audit log")
+    weight.set_defaults(handler=_set_weight)
+
+    for name, state, help_text, description in (
+        (
+            "drain",
+            "drain",
+            "stop sending new repositories to a member",
+            "Drain a member: no new repositories; browsers holding its cookie still reach it "
+            "and it stays health-checked.",
+        ),
+        (
+            "undrain",
+            "ready",
+            "put a member back into rotation",
+            "Put a drained (or in-maintenance) member back into normal rotation.",
+        ),
+        (
+            "maint",
+            "maint",
+            "take a member out of all traffic",
+            "Put a member in maintenance: no traffic at all, cookies naming it are ignored.",
+        ),
+    ):
+        parser = member_change(name, help_text, description)
+        parser.add_argument("--reason", default="", help="why, for the audit log")
+        parser.set_defaults(handler=_set_state, state=state)
+
+    audit = client(
+        "audit",
+        "show the operators' changes, newest first",
+        "Show who changed which member, when, from what to what, and why.",
+    )
+    audit.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="most entries (default %(default)s)"
+    )
+    audit.set_defaults(handler=_audit)
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
+    """One request to the operator API; the decoded JSON answer, or _ApiFailed."""
+    base = (args.url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+    headers = {"Accept": "application/json"}
+    if method != "GET":
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        if not token:
+            raise _ApiFailed(f"no operator token: set {TOKEN_ENV}", EXIT_REFUSED)
+        headers["Authorization"] = f"Bearer {token}"
+    url = base + "/api/v1" + path
+    try:
+        with httpx.Client(timeout=CLIENT_TIMEOUT_SECONDS, follow_redirects=False) as http:
+            response = http.request(method, url, headers=headers, json=body)
+    except httpx.ConnectError as exc:
+        raise _ApiFailed(f"cannot connect to {base}: {exc}", EXIT_UNAVAILABLE) from None
+    except httpx.TimeoutException:
+        raise _ApiFailed(
+            f"{base} did not answer within {CLIENT_TIMEOUT_SECONDS:g} s", EXIT_UNAVAILABLE
+        ) from None
+    except httpx.HTTPError as exc:
+        raise _ApiFailed(f"request to {base} failed: {exc}", EXIT_UNAVAILABLE) from None
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    if response.is_success and document is not None:
+        return document
+    detail = document.get("detail") if isinstance(document, dict) else None
+    if isinstance(detail, list):  # a validation error: one line per field
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', [])[1:]) or 'body'}: {e.get('msg')}"
+            for e in detail
+            if isinstance(e, dict)
+        )
+    what = detail or response.reason_phrase or "unexpected answer"
+    refused = 400 <= response.status_code < 500
+    status = EXIT_REFUSED if refused else EXIT_UNAVAILABLE
+    raise _ApiFailed(f"{response.status_code}: {what}", status)
+
+
+def _run(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
+    try:
+        return _call(args, method, path, body)
+    except _ApiFailed as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise
+
+
+def _members(args: argparse.Namespace) -> int:
+    try:
+        document = _run(args, "GET", "/members")
+    except _ApiFailed as exc:
+        return exc.status
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(_members_table(document["members"]))
+    return EXIT_OK
+
+
+def _change(args: argparse.Namespace, body: dict[str, object]) -> int:
+    if args.reason:
+        body["reason"] = args.reason
+    try:
+        member = _run(args, "PATCH", "/members/" + quote(args.name, safe=""), body)
+    except _ApiFailed as exc:
+        return exc.status
+    if args.json:
+        print(json.dumps(member, indent=2))
+    else:
+        print(_member_line(member))
+    return EXIT_OK
+
+
+def _set_weight(args: argparse.Namespace) -> int:
+    text: str = args.weight.strip()
+    key = "weight"
+    if text.lower() == "reset":
+        return _change(args, {"weight": None})
+    if text.endswith("%"):
+        key, text = "weight_percent", text[:-1]
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0 and value != float("inf")):
+        print(
+            f"error: WEIGHT {args.weight!r}: expected a number >= 0, NN% or reset",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    return _change(args, {key: value})
+
+
+def _set_state(args: argparse.Namespace) -> int:
+    return _change(args, {"state": args.state})
+
+
+def _audit(args: argparse.Namespace) -> int:
+    if not 1 <= args.limit <= 1000:
+        print("error: --limit: must be between 1 and 1000", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        document = _run(args, "GET", f"/audit?limit={args.limit}")
+    except _ApiFailed as exc:
+        return exc.status
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return EXIT_OK
+    entries = document["entries"]
+    if not entries:
+        print("no operator changes yet")
+        return EXIT_OK
+    rows = [
+        [
+            _utc(e["at"]),
+            e["actor"],
+            e["member"],
+            "; ".join(
+                f"{field} {_plain(c['from'])} -> {_plain(c['to'])}"
+                for field, c in e["changes"].items()
+            )
+            or "(reason only)",
+            e["reason"],
+        ]
+        for e in entries
+    ]
+    print(_table(["time (UTC)", "by", "member", "change", "reason"], rows))
+    return EXIT_OK
+
+
+def _members_table(members: list[dict[str, Any]]) -> str:
+    rows = []
+    for m in members:
+        cap = m["capacity"]
+        share = m["traffic"]["share"]
+        notes = []
+        health = m["health"]
+        if health["state"] != "healthy" and health["reason"]:
+            notes.append(health["reason"])
+        if m["degraded"]:
+            notes.append("degraded")
+        if cap["full"]:
+            notes.append("full")
+        change = m["last_change"]
+        if change:
+            why = f": {change['reason']}" if change["reason"] else ""
+            notes.append(f"by {change['by']}{why}")
+        rows.append(
+            [
+                m["name"],
+                m["state"],
+                health["state"],
+                _plain(m["weight"]),
+                _plain(m["configured_weight"]),
+                f"{m['effective_weight']:.4g}",
+                f"{_plain(cap['pods'])}/{_plain(cap['quota'])}",
+                f"{cap['load']}/{_plain(cap['bound'])}",
+                "-" if share is None else f"{100 * share:.1f}%",
+                ", ".join(notes),
+            ]
+        )
+    headers = ["member", "state", "health", "weight", "config", "effective"]
+    headers += ["pods/quota", "load/bound", "share 5m", "notes"]
+    return _table(headers, rows)
+
+
+def _member_line(m: dict[str, Any]) -> str:
+    percent = m["weight_percent"]
+    how = f" ({_plain(percent)}% of configured)" if percent is not None else ""
+    if m["weight_override"] is None and percent is None:
+        how = " (configured)"
+    return (
+        f"{m['name']}: state {m['state']}, weight {_plain(m['weight'])}{how}, "
+        f"effective {m['effective_weight']:.4g}, health {m['health']['state']}"
+    )
+
+
+def _plain(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)

@@ -13,14 +13,16 @@ in, or raise :class:`~federation_redirect.errors.ConfigError` listing every prob
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -34,10 +36,15 @@ from .models import Strategy
 
 __all__ = [
     "CHART_ONLY_KEYS",
+    "AbuseConfig",
+    "AdminConfig",
+    "BannedNetworkConfig",
     "CheckConfig",
     "Config",
     "HostConfig",
+    "OutcomesConfig",
     "ProxyConfig",
+    "RateLimitConfig",
     "RoutingConfig",
     "StateConfig",
     "load_config",
@@ -95,8 +102,13 @@ class HostConfig(_Strict):
         ge=1,
         description="Pod capacity when the member's /health does not report one.",
     )
+    metrics: str | None = Field(
+        default=None,
+        description="Prometheus URL of its launch outcomes; default url + /metrics; null: "
+        "none (the member is never degraded).",
+    )
 
-    @field_validator("url", "health", "versions")
+    @field_validator("url", "health", "versions", "metrics")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value)
@@ -108,6 +120,8 @@ class HostConfig(_Strict):
             object.__setattr__(self, "health", self.url + "/health")
         if self.versions is None:
             object.__setattr__(self, "versions", self.url + "/versions")
+        if "metrics" not in self.model_fields_set:  # absent: the default; null: no scrapes
+            object.__setattr__(self, "metrics", self.url + "/metrics")
         if self.pages is None:
             object.__setattr__(self, "pages", self.prime)
         return self
@@ -182,6 +196,21 @@ class CheckConfig(_Strict):
     )
     max_response_bytes: int = Field(
         default=65536, ge=1024, description="Largest /health or /versions body read."
+    )
+    version_grace_seconds: float = Field(
+        default=1800,
+        ge=0,
+        allow_inf_nan=False,
+        description="After the prime's /versions change, members still on the previous ones "
+        "stay in rotation this long (a rolling upgrade that starts with the prime); 0: off.",
+    )
+    panic_grace_seconds: float = Field(
+        default=120,
+        ge=0,
+        allow_inf_nan=False,
+        description="When every healthy member falls at once through timeouts or refused "
+        "connections (this redirector's own network, most likely), keep routing to them this "
+        "long instead of emptying the rotation; 0: off.",
     )
 
     @model_validator(mode="after")
@@ -281,6 +310,138 @@ class ProxyConfig(_Strict):
     )
 
 
+class OutcomesConfig(_Strict):
+    """Launch outcomes from members' own /metrics (see outcomes.py). Seconds, minutes, 0..1."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Scrape members' /metrics and scale down members whose launches fail.",
+    )
+    scrape_period: float = Field(
+        default=60, gt=0, allow_inf_nan=False, description="Seconds between scrapes of a member."
+    )
+    window_minutes: float = Field(
+        default=15,
+        gt=0,
+        allow_inf_nan=False,
+        description="Failure ratios are over the launches of this many minutes.",
+    )
+    min_attempts: int = Field(
+        default=10, ge=1, description="Launches within the window before the ratio counts."
+    )
+    degrade_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="A member whose launch failure ratio reaches this is degraded.",
+    )
+    recover_ratio: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="A degraded member recovers after a full window under this ratio.",
+    )
+    weight_factor: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="A degraded member's effective weight is multiplied by this.",
+    )
+    scrape_timeout: float = Field(
+        default=10,
+        gt=0,
+        allow_inf_nan=False,
+        description="Deadline in seconds of one scrape (connect, answer and body).",
+    )
+    max_bytes: int = Field(
+        default=4 << 20,
+        ge=4096,
+        description="Most bytes of a member's /metrics read per scrape.",
+    )
+
+    @model_validator(mode="after")
+    def _check_ratios(self) -> OutcomesConfig:
+        if self.recover_ratio > self.degrade_ratio:
+            raise ValueError("recover_ratio must be <= degrade_ratio")
+        return self
+
+
+class AdminConfig(_Strict):
+    """The operator API (``/api/v1``): who may change member weights and states."""
+
+    tokens_file: str | None = Field(
+        default=None,
+        description="File of 'name:token' entries (one per line or comma-separated; '#' "
+        "comments) accepted as bearer tokens for writes, in addition to "
+        "FEDERATION_REDIRECT_ADMIN_TOKENS; re-read when it changes. None: only the variable.",
+    )
+
+
+def _network(value: str) -> str:
+    """Validate an IPv4 or IPv6 address or network (CIDR) with no host bits set."""
+    try:
+        return str(ipaddress.ip_network(value.strip()))
+    except ValueError as exc:  # "... has host bits set", "... does not appear to be ..."
+        raise ValueError(str(exc)) from None
+
+
+class BannedNetworkConfig(_Strict):
+    """A network whose launches are refused with 403 and ``message``."""
+
+    cidr: str = Field(description="IPv4 or IPv6 network, e.g. 192.0.2.0/24 (or one address).")
+    message: str = Field(
+        default="Launches from your network are blocked. Please contact the operators of "
+        "this Binder federation.",
+        min_length=1,
+        max_length=1000,
+        description="Plain text sent with the 403.",
+    )
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        return _network(value)
+
+    @field_validator("message")
+    @classmethod
+    def _check_message(cls, value: str) -> str:
+        if any((ord(c) < 0x20 and c not in "\n\t") or ord(c) == 0x7F for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+class RateLimitConfig(_Strict):
+    """Launches without a stickiness cookie, per client address (IPv6: per /64)."""
+
+    per_minute: float = Field(
+        gt=0, allow_inf_nan=False, description="Launches a minute a client may sustain."
+    )
+    burst: int = Field(ge=1, description="Launches a client may make at once.")
+    max_clients: int = Field(
+        default=100_000,
+        ge=1,
+        description="Client addresses tracked at most; the least recently seen is forgotten.",
+    )
+
+
+class AbuseConfig(_Strict):
+    """Optional abuse controls on launches (see abuse.py). Everything off by default."""
+
+    banned_networks: list[BannedNetworkConfig] = Field(
+        default=[], description="Networks whose launches get 403 with a message."
+    )
+    trusted_proxies: list[Annotated[str, AfterValidator(_network)]] = Field(
+        default=[],
+        description="Addresses or networks of proxies whose X-Forwarded-For is believed.",
+    )
+    rate_limit: RateLimitConfig | None = Field(
+        default=None, description="Per-client limit on launches without a cookie; none: off."
+    )
+
+
 class Config(_Strict):
     """The whole configuration, with every default filled in."""
 
@@ -310,6 +471,9 @@ class Config(_Strict):
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    outcomes: OutcomesConfig = Field(default_factory=OutcomesConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    abuse: AbuseConfig = Field(default_factory=AbuseConfig)
 
     @field_validator("badge_base_url")
     @classmethod

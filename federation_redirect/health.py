@@ -44,6 +44,15 @@ reference, even when that prime's ``/health`` fails. Other members are compared 
 ``check.versions`` says (``exact``, ``binderhub``: the BinderHub version before ``+``,
 ``off``); no reference yet means accept. Primes are never compared (with several primes they
 would flap against each other).
+
+Launch outcomes: when ``outcomes.enabled``, each member with a ``metrics`` URL also gets its
+own supervised scrape loop, every ``outcomes.scrape_period`` seconds (member *i* of *n* first
+after ``(i + 1) / n`` of a period), bounded by ``outcomes.scrape_timeout`` and
+``outcomes.max_bytes``. Each scrape feeds an :class:`~.outcomes.OutcomeTracker`; its verdict
+(``launch_failure_ratio``, ``degraded``) rides in every :class:`HealthReport` of the member,
+and a change of either is reported at once (once the member has had a health round). A change
+of ``degraded`` is logged with the figures that caused it; a member whose ``/metrics`` cannot
+be used is logged once, when that starts and when it ends.
 """
 
 from __future__ import annotations
@@ -54,7 +63,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Final
 
@@ -64,11 +73,13 @@ from . import __version__
 from .config import Config, HostConfig
 from .errors import CheckFailed
 from .models import Capacity, HealthReason, HealthReport, HealthState, service_reason
+from .outcomes import OutcomeSettings, OutcomeTracker, Verdict, scrape_metrics
 from .registry import Registry
 
 __all__ = ["HealthEngine", "MemberCheckStats", "RoundResult", "versions_match"]
 
 log = logging.getLogger("federation_redirect.health")
+outcomes_log = logging.getLogger("federation_redirect.outcomes")
 
 _RETRY_DELAY: Final = 0.25  # seconds between attempts after a connection error
 _MAX_CHECKS: Final = 64  # more service checks than this is not a BinderHub answer
@@ -278,6 +289,7 @@ class _Track:
     full: bool = False
     versions: Mapping[str, object] | None = None
     checks: Mapping[str, bool] = field(default_factory=lambda: _EMPTY)
+    report: HealthReport | None = None  # the last one made from a round
 
 
 class HealthEngine:
@@ -312,6 +324,11 @@ class HealthEngine:
         self._headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
         self._tracks: dict[str, _Track] = {name: _Track() for name in config.hosts}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.outcomes = OutcomeTracker(
+            OutcomeSettings.from_config(config.outcomes), config.hosts, clock=clock
+        )
+        self._scrapes: dict[str, asyncio.Task[None]] = {}
+        self._scrape_failing: dict[str, bool] = {}  # for logging a failing /metrics once
         self.stats: dict[str, MemberCheckStats] = {
             name: MemberCheckStats() for name in config.hosts
         }
@@ -348,11 +365,20 @@ class HealthEngine:
             believed = self.registry.health(name).state
             if self._tracks[name].state is not believed:
                 self._tracks[name] = _Track(state=believed)
+            self._tracks[name].report = None  # another replica may have reported since
+            self.outcomes.adopt(name, self.registry.reported(name).degraded)
         for name in self.config.hosts:
             spread = self._rng.uniform(0, check.jitter * check.period)
             task = asyncio.create_task(self._loop(name, spread), name=f"health-check:{name}")
             task.add_done_callback(self._loop_ended)
             self._tasks[name] = task
+        outcomes = self.config.outcomes
+        scraped = [n for n, h in self.config.hosts.items() if h.metrics] if outcomes.enabled else []
+        for i, name in enumerate(scraped):
+            first = outcomes.scrape_period * (i + 1) / len(scraped)
+            task = asyncio.create_task(self._scrape_loop(name, first), name=f"scrape:{name}")
+            task.add_done_callback(self._loop_ended)
+            self._scrapes[name] = task
 
     @property
     def running(self) -> bool:
@@ -360,8 +386,9 @@ class HealthEngine:
 
     async def pause(self) -> None:
         """Cancel every loop and wait for them; :meth:`start` may follow again."""
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._scrapes.values()]
         self._tasks.clear()
+        self._scrapes.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -628,20 +655,21 @@ class HealthEngine:
             level = logging.INFO if routine else logging.WARNING
             why = detail if result.reason is None else f"{result.reason}: {detail}"
             log.log(level, "member %s: %s -> %s (%s)", name, old.value, new.value, why)
-        self.registry.report(
-            name,
-            HealthReport(
-                state=new,
-                reason=result.reason,
-                detail=detail,
-                checked_at=self._wall_clock(),
-                latency=result.latency,
-                versions=track.versions,
-                capacity=track.capacity,
-                full=track.full,
-                checks=track.checks,
-            ),
+        verdict = self.outcomes.verdict(name)
+        track.report = HealthReport(
+            state=new,
+            reason=result.reason,
+            detail=detail,
+            checked_at=self._wall_clock(),
+            latency=result.latency,
+            versions=track.versions,
+            capacity=track.capacity,
+            full=track.full,
+            checks=track.checks,
+            launch_failure_ratio=verdict.launch_failure_ratio,
+            degraded=verdict.degraded,
         )
+        self.registry.report(name, track.report)
         return delay
 
     def _advance(self, track: _Track, result: RoundResult) -> tuple[HealthState, float, str]:
@@ -674,3 +702,70 @@ class HealthEngine:
     def _period(self) -> float:
         check = self.config.check
         return check.period * (1 + check.jitter * (self._rng.random() - 0.5))
+
+    # -- launch outcomes ------------------------------------------------------------------------
+
+    async def _scrape_loop(self, name: str, first_delay: float) -> None:
+        await asyncio.sleep(first_delay)
+        while True:
+            try:
+                await self.scrape(name)
+            except Exception:
+                # a bug: the loop carries on, the member keeps its last verdict meanwhile
+                self.stats[name].exceptions_total += 1
+                log.exception("metrics scrape of member %s failed", name)
+            await asyncio.sleep(self.config.outcomes.scrape_period)
+
+    async def scrape(self, name: str) -> Verdict:
+        """Scrape member ``name``'s /metrics once, fold it in and report; the new verdict."""
+        url = self.config.hosts[name].metrics
+        outcomes = self.config.outcomes
+        if url is None:
+            raise KeyError(f"member {name} has no metrics URL")
+        try:
+            scraped = await scrape_metrics(
+                self.client, url, time_limit=outcomes.scrape_timeout, max_bytes=outcomes.max_bytes
+            )
+        except CheckFailed as failed:
+            if not self._scrape_failing.get(name):
+                outcomes_log.info(
+                    "member %s: no launch outcomes from %s (%s: %s); not degraded on them",
+                    name,
+                    url,
+                    failed.reason,
+                    failed.detail,
+                )
+            self._scrape_failing[name] = True
+            verdict = self.outcomes.fail(name, str(failed.reason))
+        else:
+            if self._scrape_failing.get(name):
+                outcomes_log.info("member %s: launch outcomes readable again at %s", name, url)
+            self._scrape_failing[name] = False
+            verdict = self.outcomes.observe(name, scraped.launches, scraped.builds)
+        self._publish_outcome(name, verdict)
+        return verdict
+
+    def _publish_outcome(self, name: str, verdict: Verdict) -> None:
+        if verdict.change == "degraded":
+            outcomes_log.warning(
+                "member %s: degraded, weight x%g: %s",
+                name,
+                self.config.outcomes.weight_factor,
+                verdict.detail,
+            )
+        elif verdict.change is not None:
+            outcomes_log.warning("member %s: no longer degraded: %s", name, verdict.detail)
+        track = self._tracks[name]
+        report = track.report
+        if report is None:  # no round yet: the first round's report will carry the verdict
+            return
+        if (report.degraded, report.launch_failure_ratio) != (
+            verdict.degraded,
+            verdict.launch_failure_ratio,
+        ):
+            track.report = replace(
+                report,
+                degraded=verdict.degraded,
+                launch_failure_ratio=verdict.launch_failure_ratio,
+            )
+            self.registry.report(name, track.report)

@@ -40,6 +40,7 @@ __all__ = [
     "Metrics",
     "ProxyCounters",
     "RedirectCounters",
+    "RedirectWindow",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -75,16 +76,59 @@ class StoreView(Protocol):
     def version(self) -> int: ...
 
 
+class RedirectWindow:
+    """Redirects per member over the last ``window`` seconds (the operator API's "share").
+
+    Time is cut into ``slots`` slots of ``window / slots`` seconds each; :meth:`add` counts
+    into the current slot (one clock read, one dict update) and :meth:`counts` sums the slots
+    that are still in the window, so the figures cover between ``window - window / slots`` and
+    ``window`` seconds. ``clock`` is monotonic seconds.
+    """
+
+    __slots__ = ("_clock", "_slot_seconds", "_slots", "_stamps", "window")
+
+    def __init__(self, clock: Callable[[], float], window: float = 300.0, slots: int = 60) -> None:
+        self.window = window
+        self._clock = clock
+        self._slot_seconds = window / slots
+        self._stamps = [-1] * slots
+        self._slots: list[dict[str, int]] = [{} for _ in range(slots)]
+
+    def add(self, member: str) -> None:
+        stamp = int(self._clock() // self._slot_seconds)
+        index = stamp % len(self._slots)
+        if self._stamps[index] != stamp:
+            self._stamps[index] = stamp
+            self._slots[index] = {}
+        slot = self._slots[index]
+        slot[member] = slot.get(member, 0) + 1
+
+    def counts(self) -> dict[str, int]:
+        """Redirects per member within the window (members with none are absent)."""
+        now = int(self._clock() // self._slot_seconds)
+        oldest = now - len(self._slots)
+        total: dict[str, int] = {}
+        for stamp, slot in zip(self._stamps, self._slots, strict=True):
+            if oldest < stamp <= now:
+                for member, n in slot.items():
+                    total[member] = total.get(member, 0) + n
+        return total
+
+
 class RedirectCounters:
-    """Redirects per (member, reason) since start. Incremented on the hot path."""
+    """Redirects per (member, reason) since start, and per member over the last 5 minutes
+    when a ``window`` is given. Incremented on the hot path."""
 
-    __slots__ = ("counts",)
+    __slots__ = ("counts", "window")
 
-    def __init__(self) -> None:
+    def __init__(self, window: RedirectWindow | None = None) -> None:
         self.counts: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.window = window
 
     def inc(self, member: str, reason: str) -> None:
         self.counts[member, reason] += 1
+        if self.window is not None:
+            self.window.add(member)
 
 
 class ProxyCounters:
@@ -143,7 +187,8 @@ class Metrics:
         self.registry = registry
         self.store = store
         self.check_stats = check_stats
-        self.redirects = RedirectCounters()
+        self.recent = RedirectWindow(registry.clock)
+        self.redirects = RedirectCounters(self.recent)
         self.proxied = ProxyCounters()
         self.latency = LatencyHistogram()
         self._prom = CollectorRegistry(auto_describe=False)
@@ -220,6 +265,18 @@ class Metrics:
             "Wall-clock time of each member's last completed health check round.",
             labels=["member"],
         )
+        failure_ratio = GaugeMetricFamily(
+            "federation_member_launch_failure_ratio",
+            "Share of each member's launches that failed over outcomes.window_minutes, from its"
+            " own /metrics (absent: no signal, or fewer than outcomes.min_attempts launches).",
+            labels=["member"],
+        )
+        degraded = GaugeMetricFamily(
+            "federation_member_degraded",
+            "1 if the member's launches are failing and its weight is scaled by"
+            " outcomes.weight_factor (still healthy and checked).",
+            labels=["member"],
+        )
         headroom = reg.config.pod_headroom
         for m in members:
             report = reg.health(m.name)
@@ -245,8 +302,11 @@ class Metrics:
                 pods.add_metric([m.name], cap.pods)
             if report.checked_at is not None:
                 last_check.add_metric([m.name], report.checked_at)
+            if report.launch_failure_ratio is not None:
+                failure_ratio.add_metric([m.name], report.launch_failure_ratio)
+            degraded.add_metric([m.name], 1 if m.degraded else 0)
         yield from (health, per_check, state, op_state, routable, full, weight)
-        yield from (quota, pods, free, last_check)
+        yield from (quota, pods, free, last_check, failure_ratio, degraded)
 
         fallback = GaugeMetricFamily(
             "federation_fallback_active",

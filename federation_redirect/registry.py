@@ -14,6 +14,18 @@ Effective weight of a member, as the ranking uses it::
     both then            x ramp                 (slow start: from 5 % to 100 % linearly over
                                                  routing.slow_start_seconds after a member
                                                  comes back from unhealthy)
+                         x outcomes.weight_factor  (only while the member is degraded: its
+                                                 launches fail, see outcomes.py; and only if
+                                                 some routable member is not degraded, else
+                                                 no member counts as degraded)
+
+A degraded member also gets, as its ``limit`` (the most pods the bounded policy lets it hold,
+normally quota - pod_headroom), the pods it last reported: it keeps its sessions but does not
+grow. Failing launches hold no pods, so its pod count no longer says how loaded it is, and the
+bounded policy would take that emptiness for room: simulated, a member failing every launch
+then drew most launches of the most popular repositories (spread by utilisation) however small
+its weight. With the limit held, it takes new repositories only when no other member has room
+(the policy's last resort), and ``weight_factor`` scales its share under the other strategies.
 
 So with ``bounded`` the production weights (50 for every member) act as equal operator
 multipliers, and traffic follows capacity: quotas 300/180/60 get 56/33/11 % of repositories.
@@ -24,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 
 from .config import Config
@@ -68,12 +81,24 @@ class Registry:
         self.overrides: Mapping[str, Override] = EMPTY_OVERRIDES
         self.reference_versions: Mapping[str, object] | None = None
         self._was_falling_back = False
+        self._all_degraded = False  # every routable member is degraded: none counts as such
         self.snapshot: Snapshot = self._build()
 
     # -- reading ------------------------------------------------------------------------
 
     def health(self, name: str) -> HealthReport:
-        """The last report for member ``name`` (KeyError if not a member)."""
+        """The last report for member ``name`` (KeyError if not a member).
+
+        ``degraded`` is as the routing applies it: False for every member while every
+        routable member is degraded (see :meth:`reported` for the report as made).
+        """
+        report = self._health[name]
+        if report.degraded and self._all_degraded:
+            return replace(report, degraded=False)
+        return report
+
+    def reported(self, name: str) -> HealthReport:
+        """The last report for member ``name`` exactly as the health engine made it."""
         return self._health[name]
 
     @property
@@ -110,11 +135,12 @@ class Registry:
             self._recovered_at[name] = self.clock()
         elif report.state is not HealthState.HEALTHY:
             self._recovered_at.pop(name, None)
-        if (old.state, old.full, old.capacity.quota, old.capacity.pods) != (
+        if (old.state, old.full, old.capacity.quota, old.capacity.pods, old.degraded) != (
             report.state,
             report.full,
             report.capacity.quota,
             report.capacity.pods,
+            report.degraded,
         ):
             self._swap()
 
@@ -200,13 +226,36 @@ class Registry:
                     capacity=report.capacity,
                     limit=None if quota is None else max(0, quota - headroom),
                     operator=OperatorState.READY if override is None else override.state,
+                    degraded=report.degraded,
                 )
             )
+        # Degraded only means something next to a member that is not: if every routable
+        # member is degraded, none is (their launches would fail wherever they went).
+        if any(m.degraded for m in members):
+            self._all_degraded = not any(m.routable and not m.degraded for m in members)
+            factor = config.outcomes.weight_factor
+            members = [
+                m
+                if not m.degraded
+                else replace(m, degraded=False)
+                if self._all_degraded
+                else replace(m, weight=m.weight * factor, limit=_held(m))
+                for m in members
+            ]
+        else:
+            self._all_degraded = False
         return Snapshot.build(self._epoch, tuple(members), config.load_balancer, self._params)
 
     def _swap(self) -> None:
+        was_all_degraded = self._all_degraded
         snapshot = self._build()
         self.snapshot = snapshot
+        if self._all_degraded != was_all_degraded:
+            if self._all_degraded:
+                log.warning("no routable member is free of degradation: none counts as degraded")
+            elif any(r.degraded for r in self._health.values()):
+                factor = self.config.outcomes.weight_factor
+                log.warning("degraded members' weights are scaled by %g again", factor)
         falling_back = not snapshot.candidates and self.first_round_done
         if falling_back and not self._was_falling_back:
             log.warning(
@@ -220,3 +269,9 @@ class Registry:
         self._was_falling_back = falling_back
         for listener in self._listeners:
             listener(snapshot)
+
+
+def _held(member: MemberState) -> int:
+    """A degraded member's limit: the pods it holds now, never above its usual limit."""
+    pods = member.capacity.pods or 0
+    return pods if member.limit is None else min(member.limit, pods)

@@ -42,6 +42,16 @@ Member model (the same for every policy)
   and its cache stays warm (a failing health check, such as a registry or hub API outage,
   does not stop running pods). At the end it is reported healthy again and returns through
   the registry's slow start.
+* **Failing launches** (``Degradation``: member, start and end minute, failure ratio). In the
+  window the member stays healthy (every check passes) but each launch it accepts fails with
+  that probability (a draw per launch, seeded by ``seed`` and the launch's index, so runs
+  compare launch for launch): a failed launch holds no pod and warms no cache, and counts in
+  ``failed_launches``. Each member counts its launch outcomes as BinderHub does, and unless
+  outcomes are off (``Options.outcomes`` or ``outcomes.enabled``) they feed the server's own
+  :class:`~federation_redirect.outcomes.OutcomeTracker` as if scraped every
+  ``outcomes.scrape_period`` (member *i* of *n* offset by ``(i + 1)/n`` of it); the verdict
+  reaches the registry exactly as the health engine reports it, so a degraded member's weight
+  is scaled by ``outcomes.weight_factor``.
 * **Weight changes** (``WeightChange``: member, multiplier, minute) are applied as a live
   reconfiguration: a new registry from the changed configuration, told every member's
   current state, keeping the load tracker's counts (a slow-start ramp in progress ends).
@@ -59,13 +69,15 @@ Measures per policy: launches, cache hits and misses, refusals by kind, refusals
 of the trace alone) is under ``demand_threshold`` of the total quota, the fraction of
 launches sent to the first member of their repository's ranking in the snapshot used, decision
 reasons, each member's share of launches and its peak and time-averaged utilisation (pods over
-quota, between the first and the last launch), and, when there are outages or weight changes,
-the churn against the same run without them (see :class:`Churn`).
+quota, between the first and the last launch), failed launches and the periods each member
+was degraded, and, when there are outages, failing launches or weight changes, the churn
+against the same run without them (see :class:`Churn`).
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import heapq
 import logging
 import math
@@ -81,6 +93,7 @@ from .config import Config
 from .errors import FederationRedirectError
 from .keys import launch_key
 from .models import Capacity, HealthReport, HealthState, Strategy
+from .outcomes import OutcomeCounts, OutcomeSettings, OutcomeTracker
 from .policy import ranked_candidates, route
 from .registry import Registry
 from .trace import Launch
@@ -89,6 +102,7 @@ __all__ = [
     "DISTRIBUTIONS",
     "POLICIES",
     "Churn",
+    "Degradation",
     "MemberResult",
     "Options",
     "Outage",
@@ -99,6 +113,7 @@ __all__ = [
     "WeightChange",
     "Workload",
     "format_report",
+    "parse_degradation",
     "parse_outage",
     "parse_weight_change",
     "policy_config",
@@ -128,6 +143,17 @@ class Outage:
     member: str
     start_min: float
     end_min: float
+
+
+@dataclass(frozen=True, slots=True)
+class Degradation:
+    """Launches on ``member`` fail with probability ``ratio`` from ``start_min`` to
+    ``end_min`` (minutes after midnight UTC); its health checks keep passing."""
+
+    member: str
+    start_min: float
+    end_min: float
+    ratio: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +187,26 @@ def parse_outage(text: str) -> Outage:
     return outage
 
 
+def parse_degradation(text: str) -> Degradation:
+    """``MEMBER@START_MIN-END_MIN[:FAILURE_RATIO]``, e.g. ``hetzner-2i2c@600-720:0.8``."""
+    head, colon, ratio_text = text.rpartition(":")
+    if not colon:
+        head, ratio_text = text, "1"
+    member, at, window = head.rpartition("@")
+    start, dash, end = window.partition("-")
+    if not (member and at and dash):
+        raise ScenarioError(f"--degrade {text!r}: expected MEMBER@START_MIN-END_MIN[:RATIO]")
+    ratio = _minutes(ratio_text, "--degrade")
+    if ratio > 1:
+        raise ScenarioError(f"--degrade {text!r}: the failure ratio must be within 0..1")
+    degradation = Degradation(
+        member, _minutes(start, "--degrade"), _minutes(end, "--degrade"), ratio
+    )
+    if degradation.end_min <= degradation.start_min:
+        raise ScenarioError(f"--degrade {text!r}: END_MIN must be after START_MIN")
+    return degradation
+
+
 def parse_weight_change(text: str) -> WeightChange:
     """``MEMBER=WEIGHT@MIN``, e.g. ``bids-ovh=100@720``."""
     head, at, minute = text.rpartition("@")
@@ -181,6 +227,8 @@ class Options:
     seed: int = 0
     outages: tuple[Outage, ...] = ()
     weight_changes: tuple[WeightChange, ...] = ()
+    degradations: tuple[Degradation, ...] = ()
+    outcomes: bool = True  # outcome-aware health (also needs the config's outcomes.enabled)
     demand_threshold: float = 0.85
     watch: tuple[str, ...] = ()  # specs (``gh/org/repo/HEAD``) reported one by one
 
@@ -195,7 +243,8 @@ class Options:
             raise ScenarioError("session minutes and report seconds must be > 0, cache hours >= 0")
         if self.session_distribution not in DISTRIBUTIONS:
             raise ScenarioError(f"session distribution must be one of {', '.join(DISTRIBUTIONS)}")
-        for name in [o.member for o in self.outages] + [w.member for w in self.weight_changes]:
+        named = [o.member for o in self.outages] + [w.member for w in self.weight_changes]
+        for name in named + [d.member for d in self.degradations]:
             if name not in config.hosts:
                 raise ScenarioError(
                     f"no member {name!r} in the configuration ({', '.join(config.hosts)})"
@@ -203,7 +252,7 @@ class Options:
 
     @property
     def has_events(self) -> bool:
-        return bool(self.outages or self.weight_changes)
+        return bool(self.outages or self.weight_changes or self.degradations)
 
 
 def policy_config(config: Config, policy: str) -> Config:
@@ -314,8 +363,9 @@ class Churn:
     with the same run without those events.
 
     ``moved`` went to a different member. Of those, ``expected`` are moves the events
-    themselves ask for: a repository of a failed member while it is out, or one moving to
-    or from a reweighted member after its change; ``slow_start`` are repositories of a
+    themselves ask for: a repository of a failed member while it is out, of a member while it
+    was degraded, or one moving to or from a reweighted member after its change;
+    ``slow_start`` are repositories of a
     recovered member sent elsewhere during its slow-start window; the rest are knock-on
     effects of load, split by what the run without events did with the repository within
     the window: ``other_homed`` if it sent all its launches to one member (a sticky
@@ -350,6 +400,16 @@ class RepositoryResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DegradedPeriod:
+    """``member`` was degraded from ``start`` to ``end`` (seconds after midnight; None: still
+    at the end of the trace)."""
+
+    member: str
+    start: float
+    end: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyResult:
     """Everything measured for one policy (see the module docstring)."""
 
@@ -366,6 +426,8 @@ class PolicyResult:
     churn: Churn | None = None
     repositories: dict[str, RepositoryResult] = field(default_factory=dict)
     chosen: tuple[str, ...] = field(default=(), repr=False)
+    failed_launches: int = 0
+    degraded_periods: tuple[DegradedPeriod, ...] = ()
 
     @property
     def misses(self) -> int:
@@ -394,6 +456,7 @@ class SimulationResult:
     per_repo_cap: int
     pod_headroom: int
     policies: dict[str, PolicyResult]
+    outcomes: bool = True  # outcome-aware health was on
 
     def to_json(self) -> SimulationJSON:
         """The ``--json`` document (rates and shares as fractions 0..1)."""
@@ -421,6 +484,10 @@ class SimulationResult:
                 "demand_threshold": o.demand_threshold,
                 "fail": [f"{x.member}@{x.start_min:g}-{x.end_min:g}" for x in o.outages],
                 "weight": [f"{x.member}={x.weight:g}@{x.at_min:g}" for x in o.weight_changes],
+                "degrade": [
+                    f"{x.member}@{x.start_min:g}-{x.end_min:g}:{x.ratio:g}" for x in o.degradations
+                ],
+                "outcomes": self.outcomes,
             },
             "policies": {name: _policy_json(r) for name, r in self.policies.items()},
         }
@@ -444,6 +511,12 @@ class ChurnJSON(TypedDict):
     repositories_fraction: float
 
 
+class DegradedJSON(TypedDict):
+    member: str
+    from_min: float
+    to_min: float | None
+
+
 class RepositoryJSON(TypedDict):
     launches: int
     cache_hits: int
@@ -461,6 +534,8 @@ class PolicyJSON(TypedDict):
     rejected_repo_cap: int
     rejected_unavailable: int
     rejected_below_threshold: int
+    failed_launches: int
+    degraded: list[DegradedJSON]
     first_choice_rate: float
     moved_fraction: float | None
     churn: ChurnJSON | None
@@ -490,6 +565,8 @@ class ModelJSON(TypedDict):
     demand_threshold: float
     fail: list[str]
     weight: list[str]
+    degrade: list[str]
+    outcomes: bool
 
 
 class SimulationJSON(TypedDict):
@@ -510,6 +587,15 @@ def _policy_json(r: PolicyResult) -> PolicyJSON:
         "rejected_repo_cap": r.rejected_repo_cap,
         "rejected_unavailable": r.rejected_unavailable,
         "rejected_below_threshold": r.rejected_below_threshold,
+        "failed_launches": r.failed_launches,
+        "degraded": [
+            {
+                "member": d.member,
+                "from_min": d.start / 60,
+                "to_min": None if d.end is None else d.end / 60,
+            }
+            for d in r.degraded_periods
+        ],
         "first_choice_rate": r.first_choice_rate,
         "moved_fraction": None if churn is None else churn.moved_fraction,
         "churn": None
@@ -556,12 +642,17 @@ class _Member:
         "accepted",
         "busy",
         "changed_at",
+        "degraded",
         "down",
+        "failing",
+        "launch_failed",
+        "launch_ok",
         "launches",
         "name",
         "peak",
         "per_repo",
         "quota",
+        "ratio",
         "running",
         "warm",
     )
@@ -578,6 +669,11 @@ class _Member:
         self.busy = 0.0  # integral of running pods over time (pod-seconds)
         self.changed_at = start
         self.peak = 0
+        self.failing = 0.0  # probability that a launch it accepts fails
+        self.launch_ok = 0  # cumulative launch outcomes, as BinderHub counts them
+        self.launch_failed = 0
+        self.degraded = False  # the outcome verdict the registry was last told
+        self.ratio: float | None = None
 
     def account(self, now: float) -> None:
         self.busy += self.running * (now - self.changed_at)
@@ -595,7 +691,11 @@ class _Member:
     def report(self, now: float, headroom: int) -> HealthReport:
         if self.down:
             return HealthReport(
-                state=HealthState.UNHEALTHY, reason="simulated", detail="simulated outage"
+                state=HealthState.UNHEALTHY,
+                reason="simulated",
+                detail="simulated outage",
+                launch_failure_ratio=self.ratio,
+                degraded=self.degraded,
             )
         capacity = Capacity(quota=self.quota, pods=self.running, reported_at=now)
         return HealthReport(
@@ -603,6 +703,8 @@ class _Member:
             detail="simulated",
             capacity=capacity,
             full=capacity.is_full(headroom),
+            launch_failure_ratio=self.ratio,
+            degraded=self.degraded,
         )
 
 
@@ -610,9 +712,9 @@ class _Member:
 class _Event:
     at: float
     order: int  # outage ends before starts at the same time; then configuration order
-    kind: Literal["down", "up", "weight"] = field(compare=False)
+    kind: Literal["down", "up", "weight", "failing"] = field(compare=False)
     member: str = field(compare=False)
-    weight: float = field(default=0.0, compare=False)
+    weight: float = field(default=0.0, compare=False)  # the new weight, or failure ratio
 
 
 def _events(options: Options) -> list[_Event]:
@@ -620,6 +722,9 @@ def _events(options: Options) -> list[_Event]:
     for i, o in enumerate(options.outages):
         events.append(_Event(o.start_min * 60, 2 * i + 1, "down", o.member))
         events.append(_Event(o.end_min * 60, 2 * i, "up", o.member))
+    for i, d in enumerate(options.degradations):
+        events.append(_Event(d.start_min * 60, 10**5 + 2 * i + 1, "failing", d.member, d.ratio))
+        events.append(_Event(d.end_min * 60, 10**5 + 2 * i, "failing", d.member, 0.0))
     for i, w in enumerate(options.weight_changes):
         events.append(_Event(w.at_min * 60, 10**6 + i, "weight", w.member, w.weight))
     return sorted(events)
@@ -658,6 +763,20 @@ class _Replay:
         self.next_housekeeping = math.floor(start) + 1.0
         self.events = _events(options) if with_events else []
         self.event_index = 0
+        self.tracker: OutcomeTracker | None = None
+        self.scrapes: list[tuple[float, str]] = []
+        self.scrape_period = config.outcomes.scrape_period
+        if options.outcomes and config.outcomes.enabled:
+            settings = OutcomeSettings.from_config(config.outcomes)
+            self.tracker = OutcomeTracker(settings, names, clock=lambda: self.now)
+            scraped = [n for n in names if config.hosts[n].metrics is not None]
+            self.scrapes = [
+                (start + self.scrape_period * (i + 1) / len(scraped), n)
+                for i, n in enumerate(scraped)
+            ]
+            heapq.heapify(self.scrapes)
+        self.degraded_since: dict[str, float] = {}
+        self.degraded_periods: list[DegradedPeriod] = []
         for member in self.members.values():
             self._report(member)
 
@@ -671,15 +790,37 @@ class _Replay:
         if event.kind == "weight":
             self._reconfigure(event)
             return
+        if event.kind == "failing":
+            member.failing = event.weight
+            return
         member.down = event.kind == "down"
         self._report(member)
+
+    def _scrape(self, member: _Member) -> None:
+        """What the health engine does with a scrape of ``member``'s /metrics."""
+        assert self.tracker is not None
+        name = member.name
+        verdict = self.tracker.observe(name, OutcomeCounts(member.launch_ok, member.launch_failed))
+        if verdict.degraded and not member.degraded:
+            self.degraded_since[name] = self.now
+        elif member.degraded and not verdict.degraded:
+            since = self.degraded_since.pop(name)
+            self.degraded_periods.append(DegradedPeriod(name, since, self.now))
+        if (verdict.degraded, verdict.launch_failure_ratio) != (member.degraded, member.ratio):
+            member.degraded, member.ratio = verdict.degraded, verdict.launch_failure_ratio
+            report = replace(
+                self.registry.reported(name),
+                degraded=verdict.degraded,
+                launch_failure_ratio=verdict.launch_failure_ratio,
+            )
+            self.registry.report(name, report)
 
     def _reconfigure(self, event: _Event) -> None:
         self.base_config = config = _with_weight(self.base_config, event.member, event.weight)
         old = self.registry
         registry = Registry(policy_config(config, self.policy), clock=lambda: self.now)
         for name in self.members:
-            registry.report(name, old.health(name))
+            registry.report(name, old.reported(name))
         registry.loads = old.loads  # a live change keeps the launch counts
         self.registry = registry
 
@@ -692,8 +833,9 @@ class _Replay:
                 self.events[self.event_index].at if self.event_index < len(self.events) else inf
             )
             t_report = self.reports[0][0]
+            t_scrape = self.scrapes[0][0] if self.scrapes else inf
             t_house = self.next_housekeeping
-            t = min(t_end, t_event, t_report, t_house)
+            t = min(t_end, t_event, t_report, t_scrape, t_house)
             if t > until:
                 return
             self.now = max(self.now, t)
@@ -708,6 +850,11 @@ class _Replay:
                     self.reports, (t_report + self.options.report_seconds, self.reports[0][1])
                 )
                 self._report(self.members[name])
+            elif t == t_scrape:
+                _, name = heapq.heapreplace(
+                    self.scrapes, (t_scrape + self.scrape_period, self.scrapes[0][1])
+                )
+                self._scrape(self.members[name])
             else:
                 self.registry.loads.expire(self.now)
                 self.registry.tick()
@@ -720,7 +867,7 @@ class _Replay:
         total = len(w)
         capacity = _capacity(self.base_config)
         threshold = None if capacity is None else self.options.demand_threshold * capacity
-        hits = first = 0
+        hits = first = failed = 0
         refused: Counter[str] = Counter()
         below = 0
         reasons: Counter[str] = Counter()
@@ -745,14 +892,16 @@ class _Replay:
             if ranked and ranked[0].name == name:
                 first += 1
             registry.loads.record(name, key, self.now)
-            outcome = self._launch(self.members[name], key, w.durations[i])
+            outcome = self._launch(self.members[name], key, w.durations[i], i)
             if key in watched:
                 seen[key][0] += 1
                 seen[key][1] += outcome == "hit"
-                seen[key][2] += outcome not in ("hit", "miss")
+                seen[key][2] += outcome not in ("hit", "miss", "failed")
                 sent[key][name] += 1
             if outcome == "hit":
                 hits += 1
+            elif outcome == "failed":
+                failed += 1
             elif outcome != "miss":
                 refused[outcome] += 1
                 if threshold is not None and w.demand[i] < threshold:
@@ -762,6 +911,9 @@ class _Replay:
         end = w.times[-1]
         for member in self.members.values():
             member.account(end)
+        periods = self.degraded_periods + [
+            DegradedPeriod(name, since, None) for name, since in self.degraded_since.items()
+        ]
         span = end - w.times[0]
         return PolicyResult(
             policy=self.policy,
@@ -795,10 +947,12 @@ class _Replay:
                 for key, spec in watched.items()
             },
             chosen=tuple(chosen),
+            failed_launches=failed,
+            degraded_periods=tuple(sorted(periods, key=lambda p: (p.start, p.member))),
         )
 
-    def _launch(self, member: _Member, key: str, duration: float) -> str:
-        """Offer one launch to ``member``: "hit", "miss" or the refusal kind."""
+    def _launch(self, member: _Member, key: str, duration: float, index: int) -> str:
+        """Offer launch ``index`` to ``member``: "hit", "miss", "failed" or the refusal kind."""
         member.launches += 1
         if member.down:
             return "unavailable"
@@ -806,6 +960,10 @@ class _Replay:
             return "quota"
         if member.per_repo[key] >= self.per_repo_cap:
             return "repo_cap"
+        if member.failing and _draw(self.options.seed, index) < member.failing:
+            member.launch_failed += 1
+            return "failed"
+        member.launch_ok += 1
         now = self.now
         member.account(now)
         member.running += 1
@@ -821,6 +979,12 @@ class _Replay:
         return "miss"
 
 
+def _draw(seed: int, index: int) -> float:
+    """A uniform number in [0, 1) fixed by the seed and the launch's index."""
+    digest = hashlib.blake2b(f"fail:{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def _capacity(config: Config) -> int | None:
     quotas = [h.quota for h in config.hosts.values()]
     if any(q is None for q in quotas):
@@ -834,9 +998,11 @@ def _churn(
     slow_start_seconds: float,
     baseline: Sequence[str],
     changed: Sequence[str],
+    degraded: Sequence[DegradedPeriod] = (),
 ) -> Churn:
     starts = [o.start_min * 60 for o in options.outages]
     starts += [c.at_min * 60 for c in options.weight_changes]
+    starts += [d.start_min * 60 for d in options.degradations]
     begin = min(starts)
     first = bisect.bisect_left(workload.times, begin)
     window = range(first, len(workload.times))
@@ -852,10 +1018,18 @@ def _churn(
         t, key = workload.times[i], workload.keys[i]
         moved += 1
         moved_repos.add(key)
-        if any(
-            o.member == before and o.start_min * 60 <= t < o.end_min * 60 for o in options.outages
-        ) or any(
-            c.member in (before, after) and t >= c.at_min * 60 for c in options.weight_changes
+        was_degraded = any(
+            p.member == before and p.start <= t and (p.end is None or t < p.end) for p in degraded
+        )
+        if (
+            was_degraded
+            or any(
+                o.member == before and o.start_min * 60 <= t < o.end_min * 60
+                for o in options.outages
+            )
+            or any(
+                c.member in (before, after) and t >= c.at_min * 60 for c in options.weight_changes
+            )
         ):
             expected += 1
         elif any(
@@ -907,6 +1081,7 @@ def simulate(
         per_repo_cap=config.routing.per_repo_cap,
         pod_headroom=config.pod_headroom,
         policies=results,
+        outcomes=options.outcomes and config.outcomes.enabled,
     )
 
 
@@ -932,7 +1107,9 @@ def _run_policy(
     baseline = _Replay(config, name, workload, options, with_events=False)
     base = baseline.run(progress, f"{name} (without events)")
     slow_start = config.routing.slow_start_seconds
-    churn = _churn(workload, options, slow_start, base.chosen, result.chosen)
+    churn = _churn(
+        workload, options, slow_start, base.chosen, result.chosen, result.degraded_periods
+    )
     return replace(result, churn=churn)
 
 
@@ -960,12 +1137,17 @@ def format_report(result: SimulationResult) -> str:
         f"per-repo cap {model['per_repo_cap']}, headroom {model['pod_headroom']}, "
         f"seed {model['seed']}"
         + (f", fail {' '.join(model['fail'])}" if model["fail"] else "")
-        + (f", weight {' '.join(model['weight'])}" if model["weight"] else ""),
+        + (f", weight {' '.join(model['weight'])}" if model["weight"] else "")
+        + (f", degrade {' '.join(model['degrade'])}" if model["degrade"] else "")
+        + ("" if model["outcomes"] else ", outcome-aware health off"),
         "",
     ]
     low = f"rej<{100 * model['demand_threshold']:.0f}%"
     header = ["policy", "launches", "hits", "hit rate", "misses", "rej quota", "rej repo", low]
     header += ["1st choice", "moved"]
+    failing = bool(model["degrade"])
+    if failing:
+        header.insert(header.index(low) + 1, "failed")
     rows = [header]
     for name, p in doc["policies"].items():
         rows.append(
@@ -978,6 +1160,7 @@ def format_report(result: SimulationResult) -> str:
                 f"{p['rejected_quota']:,}",
                 f"{p['rejected_repo_cap']:,}",
                 f"{p['rejected_below_threshold']:,}",
+                *([f"{p['failed_launches']:,}"] if failing else []),
                 _pct(p["first_choice_rate"]),
                 _pct(p["moved_fraction"]),
             ]

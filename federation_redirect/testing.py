@@ -13,6 +13,10 @@ It answers the paths federation-redirect touches, with the shapes described in B
 * ``GET /versions``: ``{"builder_info": {"build_image": ...}, "binderhub": ..., "builder": ...}``.
 * launch paths ``/v2/...`` and ``/build/...``: 200 with a short text naming the member, so a
   test can follow a redirect and see where it landed.
+* ``GET /metrics``: BinderHub's Prometheus text (see :class:`FakeOutcomes`): a little process
+  noise, then ``binderhub_build_time_seconds`` and ``binderhub_launch_time_seconds`` (with
+  their ``_created`` gauges) whose counts grow at configurable rates, then the bulky
+  per-repository counters. ``metrics_mode`` makes it misbehave (see :data:`METRICS_MODES`).
 * any other path (the home page): an HTML page naming the member, echoing request headers
   (``X-Echo-Host``, ``X-Echo-X-Forwarded-For``, ``X-Echo-X-Forwarded-Host``,
   ``X-Echo-Origin``, ``X-Echo-Path``, ``X-Echo-Method``) and setting two cookies; a POST gets
@@ -27,16 +31,21 @@ How it misbehaves is chosen with a *mode* (see :data:`MODES`). In process (the p
         await m.refuse()         # the port really stops listening: connections are refused
         await m.resume()         # listening again, on the same port
         m.set_pods(295, 300)     # the Pod quota check: 295 pods of a quota of 300
+        m.outcomes.set_rates(success=20, failure=20)  # launches per second, from now on
+        m.member.metrics_mode = "404"  # or "garbage", "huge" (20 MiB), "hang"
         m.counts["health"]       # requests received per kind of path
 
 In a separate process (for benchmarks)::
 
     python -m federation_redirect.testing --name a --port 0 --quota 300 --control
 
-prints its URL as the first line of stdout and serves until SIGTERM or SIGINT. With
+prints its URL as the first line of stdout and serves until SIGTERM or SIGINT
+(``--metrics-mode``, ``--noise-repos`` and ``--launch-rates SUCCESS FAILURE`` shape its
+``/metrics``). With
 ``--control`` it accepts ``POST /_control`` with JSON ``{"mode": ..., "pods": [total, quota],
-"versions": {...}, "delay": seconds, "resume_after": seconds}`` (``GET /_control`` returns the
-state and counters); SIGUSR1 resumes listening after a ``refuse``.
+"versions": {...}, "delay": seconds, "resume_after": seconds, "metrics_mode": ...,
+"launch_rates": [successes, failures]}`` (per second; ``GET /_control`` returns the state and
+counters); SIGUSR1 resumes listening after a ``refuse``.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Generator,
+    Iterator,
     Mapping,
     MutableMapping,
 )
@@ -66,8 +76,12 @@ import uvicorn
 
 __all__ = [
     "DEFAULT_VERSIONS",
+    "HUGE_METRICS_BYTES",
+    "METRICS_MODES",
     "MODES",
     "FakeMember",
+    "FakeOutcomes",
+    "MetricsMode",
     "Mode",
     "RequestRecord",
     "RunningMember",
@@ -89,6 +103,17 @@ Mode: TypeAlias = Literal[
 ]
 #: Every mode, in the order of :data:`Mode`.
 MODES: Final[tuple[str, ...]] = get_args(Mode)
+
+MetricsMode: TypeAlias = Literal[
+    "ok",  # BinderHub's exposition: histograms first, then the per-repository counters
+    "404",  # 404 Not Found (a hub that does not expose /metrics, or an ingress hiding it)
+    "garbage",  # 200 with binary noise and launch lines whose values are not numbers
+    "huge",  # 200, 20 MiB of per-repository counters, chunked, the histograms at the very end
+    "hang",  # no answer until the mode changes or the server stops
+]
+#: Every metrics mode, in the order of :data:`MetricsMode`.
+METRICS_MODES: Final[tuple[str, ...]] = get_args(MetricsMode)
+HUGE_METRICS_BYTES: Final = 20 << 20
 
 #: What ``/versions`` answers unless told otherwise (a current BinderHub on Kubernetes).
 DEFAULT_VERSIONS: Final[Mapping[str, object]] = {
@@ -117,9 +142,158 @@ class RequestRecord:
     """One request the member received. ``at`` is ``time.monotonic()`` on arrival."""
 
     at: float
-    kind: str  # "health", "versions", "launch", "page" or "control"
+    kind: str  # "health", "versions", "metrics", "launch", "page" or "control"
     method: str
     path: str
+
+
+_LAUNCH_BUCKETS: Final = ("2.0", "5.0", "10.0", "20.0", "30.0", "60.0", "120.0", "300.0", "600.0")
+_BUILD_BUCKETS: Final = ("60.0", "120.0", "300.0", "600.0", "1800.0", "3600.0", "7200.0")
+_PROCESS_NOISE: Final = (
+    b"# HELP python_info Python platform information\n"
+    b"# TYPE python_info gauge\n"
+    b'python_info{implementation="CPython",major="3",minor="11",patchlevel="9",version="3.11.9"}'
+    b" 1.0\n"
+    b"# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+    b"# TYPE process_resident_memory_bytes gauge\n"
+    b"process_resident_memory_bytes 2.0e+08\n"
+)
+
+
+class FakeOutcomes:
+    """A BinderHub's launch and build counters, as ``binderhub/builder.py`` keeps them.
+
+    Counts grow at the rates of :meth:`set_rates` (per second, by ``clock``) plus whatever
+    :meth:`add` adds; each failed launch also counts 3 ``retry`` attempts (BinderHub's default
+    of 4 attempts). :meth:`restart` zeroes everything with a new ``_created`` time, like a
+    restarted hub. :meth:`chunks` renders the exposition lazily (``noise_repos`` repositories
+    of per-repository counters after the histograms), so a huge body is never held in memory.
+    """
+
+    def __init__(self, *, noise_repos: int = 100, clock: Callable[[], float] = time.monotonic):
+        self.noise_repos = noise_repos
+        self._clock = clock
+        self.counts: Counter[str] = Counter()  # success, failure, retry, build_success, ...
+        self._rates: dict[str, float] = {}
+        self._carry: dict[str, float] = {}
+        self._at = clock()
+        self.created = time.time()
+
+    def set_rates(
+        self,
+        *,
+        success: float = 0.0,
+        failure: float = 0.0,
+        build_success: float = 0.0,
+        build_failure: float = 0.0,
+    ) -> None:
+        """Launch and build outcomes per second from now on."""
+        self._advance()
+        self._rates = {
+            "success": success,
+            "failure": failure,
+            "build_success": build_success,
+            "build_failure": build_failure,
+        }
+
+    def add(
+        self,
+        *,
+        success: int = 0,
+        failure: int = 0,
+        build_success: int = 0,
+        build_failure: int = 0,
+    ) -> None:
+        """Count outcomes now."""
+        self._advance()
+        self._count("success", success)
+        self._count("failure", failure)
+        self._count("build_success", build_success)
+        self._count("build_failure", build_failure)
+
+    def restart(self) -> None:
+        """The hub restarted: every count is zero again, with a later ``_created``."""
+        self._advance()
+        self.counts.clear()
+        self.created = max(time.time(), self.created + 0.001)
+
+    def _count(self, kind: str, n: int) -> None:
+        self.counts[kind] += n
+        if kind == "failure":
+            self.counts["retry"] += 3 * n
+
+    def _advance(self) -> None:
+        now = self._clock()
+        elapsed, self._at = now - self._at, now
+        for kind, rate in self._rates.items():
+            due = self._carry.get(kind, 0.0) + rate * elapsed
+            whole = int(due)
+            self._carry[kind] = due - whole
+            if whole:
+                self._count(kind, whole)
+
+    def histograms(self) -> bytes:
+        """The two histograms and their ``_created`` gauges, as prometheus-client writes them."""
+        self._advance()
+        c = self.counts
+        build = [(f'status="{s}"', c["build_" + s]) for s in ("success", "failure")]
+        launch = [
+            ('retries="0",status="success"', c["success"]),
+            ('retries="-1",status="failure"', c["failure"]),
+            ('retries="-1",status="retry"', c["retry"]),
+        ]
+        return _histogram(
+            "binderhub_build_time_seconds", "build", _BUILD_BUCKETS, build, self.created
+        ) + _histogram(
+            "binderhub_launch_time_seconds", "launch", _LAUNCH_BUCKETS, launch, self.created
+        )
+
+    def chunks(self, mode: MetricsMode = "ok") -> Iterator[bytes]:
+        """The body of ``/metrics`` in ``mode`` (``ok`` or ``huge``), in pieces of ~64 KiB."""
+        if mode == "huge":
+            block = _noise(range(400))
+            sent = 0
+            while sent < HUGE_METRICS_BYTES:
+                yield block
+                sent += len(block)
+            yield self.histograms()
+            return
+        yield _PROCESS_NOISE + self.histograms()
+        step = 400
+        for start in range(0, self.noise_repos, step):
+            yield _noise(range(start, min(start + step, self.noise_repos)))
+
+
+def _histogram(
+    name: str, what: str, bounds: tuple[str, ...], series: list[tuple[str, int]], created: float
+) -> bytes:
+    lines = [f"# HELP {name} Histogram of {what} times", f"# TYPE {name} histogram"]
+    stamps = []
+    for labels, count in series:
+        if not count:
+            continue  # prometheus-client shows a label set once it has been observed
+        for bound in (*bounds, "+Inf"):
+            filled = count if float(bound) >= 7.5 else 0  # every observation took 7.5 s
+            lines.append(f'{name}_bucket{{le="{bound}",{labels}}} {float(filled)}')
+        lines.append(f"{name}_count{{{labels}}} {float(count)}")
+        lines.append(f"{name}_sum{{{labels}}} {7.5 * count}")
+        stamps.append(f"{name}_created{{{labels}}} {created:.17g}")
+    lines += [f"# HELP {name}_created Histogram of {what} times", f"# TYPE {name}_created gauge"]
+    return ("\n".join(lines + stamps) + "\n").encode()
+
+
+def _noise(repos: range) -> bytes:
+    """Per-repository counters of ``repos`` (what makes a real /metrics megabytes)."""
+    lines = []
+    for kind in ("build", "launch"):
+        lines.append(f"# HELP binderhub_{kind}_count_total Counter of {kind}s by repo")
+        lines.append(f"# TYPE binderhub_{kind}_count_total counter")
+        for i in repos:
+            lines.append(
+                f'binderhub_{kind}_count_total{{provider="GitHub",'
+                f'repo="https://github.com/org-{i}/repository-{i}",status="success"}} {i % 7 + 1}.0'
+            )
+    return ("\n".join(lines) + "\n").encode()
 
 
 class FakeMember:
@@ -130,7 +304,8 @@ class FakeMember:
     ``counts`` counts requests per kind (``health``, ``versions``, ``launch``, ``page``,
     ``control``); ``log`` keeps the last 10,000 :class:`RequestRecord`. ``delay`` (seconds)
     is waited before answering ``/health`` and ``/versions``. ``prefix`` (e.g. ``/binder``)
-    puts the hub under a path prefix, like some real members.
+    puts the hub under a path prefix, like some real members. ``outcomes`` holds the launch
+    counters ``/metrics`` shows; ``metrics_mode`` says how ``/metrics`` answers.
     """
 
     def __init__(
@@ -144,6 +319,8 @@ class FakeMember:
         registry_check: bool = True,
         prefix: str = "",
         control: bool = False,
+        metrics_mode: MetricsMode = "ok",
+        noise_repos: int = 100,
     ) -> None:
         self.name = name
         self.prefix = prefix.rstrip("/")
@@ -156,6 +333,8 @@ class FakeMember:
         self.versions: dict[str, object] = dict(DEFAULT_VERSIONS if versions is None else versions)
         self.pods: int | None = pods
         self.quota: int | None = quota
+        self.outcomes = FakeOutcomes(noise_repos=noise_repos)
+        self.metrics_mode: MetricsMode = metrics_mode
         # set by RunningMember: how a "refuse" that arrives over /_control is carried out
         self.on_refuse: Callable[[float | None], None] | None = None
         self._mode: Mode = "ok"
@@ -187,6 +366,13 @@ class FakeMember:
     def set_versions(self, versions: Mapping[str, object]) -> None:
         """What ``/versions`` answers from now on."""
         self.versions = dict(versions)
+
+    def set_metrics_mode(self, mode: MetricsMode) -> None:
+        """How ``/metrics`` answers from now on; releases requests held by ``hang``."""
+        if mode not in METRICS_MODES:
+            raise ValueError(f"unknown metrics mode {mode!r}; one of {', '.join(METRICS_MODES)}")
+        self.metrics_mode = mode
+        self._wake_all()
 
     def close(self) -> None:
         """Release every held request at once (the server is stopping)."""
@@ -235,6 +421,8 @@ class FakeMember:
             "versions": self.versions,
             "delay": self.delay,
             "counts": dict(self.counts),
+            "metrics_mode": self.metrics_mode,
+            "outcomes": dict(self.outcomes.counts),
         }
 
     def _wake_all(self) -> None:
@@ -260,6 +448,8 @@ class FakeMember:
         self.log.append(RequestRecord(time.monotonic(), kind, method, full_path))
         if kind in ("health", "versions"):
             await self._checked_endpoint(kind, send)
+        elif kind == "metrics":
+            await self._metrics(send)
         elif kind == "control":
             await self._control(method, receive, send)
         elif kind == "launch":
@@ -292,6 +482,30 @@ class FakeMember:
         else:
             status, document = self.health_document()
             await _respond_json(send, status, document, self._tag())
+
+    async def _metrics(self, send: Send) -> None:
+        while self.metrics_mode == "hang" and not self._closing:
+            await self._wake.wait()
+        mode = self.metrics_mode
+        if self._closing:
+            await _respond(send, 503, b"shutting down\n", "text/plain", self._tag())
+        elif mode == "404":
+            await _respond(send, 404, b"404: Not Found\n", "text/html", self._tag())
+        elif mode == "garbage":
+            body = (
+                b"\x00\xff\xfe not an exposition \x01\n" * 64
+                + b'binderhub_launch_time_seconds_count{status="success"} many\n'
+                + b'binderhub_launch_time_seconds_count{status="failure" 3\n'
+            )
+            await _respond(send, 200, body, "text/plain", self._tag())
+        else:
+            chunks = self.outcomes.chunks("huge" if mode == "huge" else "ok")
+            content_type = b"text/plain; version=0.0.4; charset=utf-8"
+            headers = [(b"content-type", content_type), *self._tag()]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _hold(self) -> bool:
         """Wait out ``delay`` and any ``hang``; True if the member is closing meanwhile."""
@@ -360,6 +574,17 @@ class FakeMember:
             if not all(v is None or type(v) is int for v in (total, quota)):
                 raise ValueError("pods must be integers or null")
             self.set_pods(total, quota)
+        if "metrics_mode" in request:
+            self.set_metrics_mode(request["metrics_mode"])
+        if "launch_rates" in request:
+            rates = request["launch_rates"]
+            if not (
+                isinstance(rates, list)
+                and len(rates) == 2
+                and all(type(r) in (int, float) and r >= 0 for r in rates)
+            ):
+                raise ValueError("launch_rates must be [successes, failures] per second")
+            self.outcomes.set_rates(success=float(rates[0]), failure=float(rates[1]))
         if "delay" in request:
             delay = request["delay"]
             if type(delay) not in (int, float) or delay < 0:
@@ -388,6 +613,8 @@ def _kind(path: str, control: bool) -> str:
         return "health"
     if path in ("/versions", "/versions/"):
         return "versions"
+    if path == "/metrics":
+        return "metrics"
     if path.startswith(("/v2/", "/build/")):
         return "launch"
     if control and path == _CONTROL_PATH:
@@ -553,6 +780,11 @@ class RunningMember:
     def set_versions(self, versions: Mapping[str, object]) -> None:
         self.member.set_versions(versions)
 
+    @property
+    def outcomes(self) -> FakeOutcomes:
+        """The launch counters ``/metrics`` shows."""
+        return self.member.outcomes
+
     async def set_mode(self, mode: Mode) -> None:
         """Any mode: ``refuse`` stops listening, any other mode resumes if needed."""
         if mode == "refuse":
@@ -673,6 +905,8 @@ async def start_member(
     registry_check: bool = True,
     prefix: str = "",
     control: bool = False,
+    metrics_mode: MetricsMode = "ok",
+    noise_repos: int = 100,
 ) -> RunningMember:
     """Start a fake member on ``host`` (a free port unless ``port``) and return it, serving.
 
@@ -686,6 +920,8 @@ async def start_member(
         registry_check=registry_check,
         prefix=prefix,
         control=control,
+        metrics_mode=metrics_mode,
+        noise_repos=noise_repos,
     )
     running = RunningMember(member, host=host, port=port)
     await running.start()
@@ -712,6 +948,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--versions", type=json.loads, default=None, help="/versions JSON")
     parser.add_argument("--prefix", default="", help="serve under this path prefix")
     parser.add_argument("--control", action="store_true", help="enable /_control")
+    parser.add_argument(
+        "--metrics-mode", choices=METRICS_MODES, default="ok", help="how /metrics answers"
+    )
+    parser.add_argument(
+        "--noise-repos", type=int, default=100, help="repositories of per-repo counters"
+    )
+    parser.add_argument(
+        "--launch-rates",
+        type=float,
+        nargs=2,
+        default=(0.0, 0.0),
+        metavar=("SUCCESS", "FAILURE"),
+        help="launch outcomes per second in /metrics",
+    )
     return parser.parse_args(argv)
 
 
@@ -726,7 +976,11 @@ async def _serve_forever(args: argparse.Namespace) -> None:
         versions=args.versions,
         prefix=args.prefix,
         control=args.control,
+        metrics_mode=args.metrics_mode,
+        noise_repos=args.noise_repos,
     )
+    success, failure = args.launch_rates
+    running.outcomes.set_rates(success=success, failure=failure)
     print(running.url, flush=True)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -82,6 +82,7 @@ def test_check_config_prints_the_effective_config_with_every_default_filled_in(
         "prime": True,
         "pages": True,
         "quota": None,
+        "metrics": "http://127.0.0.1:9101/metrics",
     }
     assert effective["check"]["period"] == 15
     assert effective["check"]["fall"] == 2
@@ -323,7 +324,9 @@ def test_route_shows_a_zero_weight_member_but_never_chooses_it(
     results = route_json(capsys, write(tmp_path, doc), *urls)
     for result in results:
         drained = [r for r in result["ranking"] if r["member"] == "drained"]
-        assert drained == [{"member": "drained", "weight": 0, "score": 0, "routable": False}]
+        assert drained == [
+            {"member": "drained", "weight": 0, "score": 0, "routable": False, "degraded": False}
+        ]
         assert result["chosen"]["member"] != "drained"
     status, out, _ = run(capsys, "route", "--config", str(write(tmp_path, doc)), urls[0])
     assert status == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -19,10 +20,13 @@ from federation_redirect.cli import main
 from federation_redirect.config import Config, parse_config
 from federation_redirect.simulate import (
     POLICIES,
+    Degradation,
     Options,
     Outage,
     ScenarioError,
     WeightChange,
+    format_report,
+    parse_degradation,
     parse_outage,
     parse_weight_change,
     prepare,
@@ -305,6 +309,106 @@ def test_simulate_command_prints_json_for_a_tiny_trace(
     assert main([*argv, "--fail", "nobody@1-2"]) == 2
     assert "error: no member 'nobody'" in capsys.readouterr()[1]
     assert main([*argv[:4], str(tmp_path / "missing.jsonl")]) == 2
+
+
+# -- failing launches and outcome-aware health ------------------------------------------------
+
+
+def test_degrade_options_are_parsed_and_checked() -> None:
+    assert parse_degradation("hetzner-2i2c@600-720") == Degradation("hetzner-2i2c", 600, 720, 1.0)
+    assert parse_degradation("a@1-2.5:0.25") == Degradation("a", 1, 2.5, 0.25)
+    for bad in ("a@60", "a@60-30", "@1-2", "a@1-2:1.5", "a@1-2:x", "a@1-2:-0.5"):
+        with pytest.raises(ScenarioError, match="--degrade"):
+            parse_degradation(bad)
+    options = Options(degradations=(Degradation("nobody", 1, 2),))
+    with pytest.raises(ScenarioError, match="no member 'nobody'"):
+        simulate(federation(a=1), many(3, 3, 10), ["bounded"], options)
+
+
+def test_failing_launches_hold_no_pod_and_warm_no_cache() -> None:
+    config = federation(a=100)
+    launches = trace(*((60 * m, "gh/org/same/HEAD") for m in range(1, 31)))
+    options = Options(
+        session_distribution="fixed", degradations=(Degradation("a", 10, 20),), outcomes=False
+    )
+    result = simulate(config, launches, ["rendezvous"], options).policies["rendezvous"]
+    assert result.failed_launches == 10  # minutes 10..19
+    assert result.members["a"].accepted == 20 and result.rejected == 0
+    # hits: minutes 2-9 (after minute 1's miss) and 20-30 (warm since minute 9: within 6 h)
+    assert result.cache_hits == 8 + 11
+    assert result.degraded_periods == ()
+
+
+def test_outcome_aware_health_sends_launches_away_from_a_member_whose_launches_fail() -> None:
+    config = federation(a=300, b=300)
+    launches = many(900, 100, 5400)  # 10 a minute for 90 minutes, far below the quotas
+    failing = (Degradation("a", 10, 40),)
+    aware = Options(session_distribution="fixed", degradations=failing)
+    blind = Options(session_distribution="fixed", degradations=failing, outcomes=False)
+    for policy in ("bounded", "rendezvous", "random"):
+        with_outcomes = simulate(config, launches, [policy], aware).policies[policy]
+        without = simulate(config, launches, [policy], blind).policies[policy]
+        assert without.failed_launches > 100, policy
+        # bounded: no new repositories while b has room; the others: a tenth of its weight
+        cut = 0.1 if policy == "bounded" else 0.3
+        assert with_outcomes.failed_launches <= cut * without.failed_launches, policy
+        assert without.degraded_periods == ()
+        (period,) = with_outcomes.degraded_periods
+        # about 5 launches a minute on a: min_attempts (10) failed by minute 12, then at most
+        # two scrapes (a minute apart)
+        assert period.member == "a" and 10 * 60 < period.start <= 14 * 60, policy
+        assert period.end is not None and period.end - period.start >= 15 * 60
+        if policy != "bounded":
+            # a tenth of its share still fails there until minute 40; then the failures leave
+            # the 15-minute window, and it recovers a window after the ratio is under 25 %
+            assert 40 * 60 + 15 * 60 <= period.end <= 40 * 60 + 32 * 60, policy
+        churn = with_outcomes.churn
+        assert churn is not None and churn.expected > 0
+
+
+def test_failed_launches_and_degraded_periods_are_in_the_json_and_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = federation(a=300, b=300)
+    options = Options(session_distribution="fixed", degradations=(Degradation("a", 10, 40, 0.8),))
+    result = simulate(config, many(900, 100, 5400), ["rendezvous"], options)
+    doc = result.to_json()
+    assert doc["model"]["degrade"] == ["a@10-40:0.8"] and doc["model"]["outcomes"] is True
+    policy = doc["policies"]["rendezvous"]
+    assert policy["failed_launches"] == result.policies["rendezvous"].failed_launches > 0
+    (period,) = policy["degraded"]
+    assert period["member"] == "a" and 10 < period["from_min"] < 14 and period["to_min"] > 40
+    table = format_report(result)
+    assert "degrade a@10-40:0.8" in table and "failed" in table.splitlines()[3]
+    off = simulate(config, many(900, 100, 5400), ["rendezvous"], replace(options, outcomes=False))
+    assert "outcome-aware health off" in format_report(off)
+    path = tmp_path / "trace.jsonl"
+    with path.open("w", encoding="utf-8") as stream:
+        write_trace(
+            [
+                {
+                    "timestamp": datetime.fromtimestamp(launch.time, UTC).isoformat(),
+                    "schema": "binderhub.jupyter.org/launch",
+                    "version": 3,
+                    "provider": "GitHub",
+                    "spec": launch.spec,
+                    "status": "success",
+                }
+                for launch in many(300, 30, 3600)
+            ],
+            stream,
+        )
+    federation_file = tmp_path / "federation.yaml"
+    federation_file.write_text(yaml.safe_dump(config.model_dump(mode="json")), encoding="utf-8")
+    argv = ["simulate", "--config", str(federation_file), "--trace", str(path), "--json"]
+    argv += ["--policy", "rendezvous", "--degrade", "a@10-40"]
+    assert main(argv) == 0
+    aware = json.loads(capsys.readouterr().out)["policies"]["rendezvous"]
+    assert main([*argv, "--no-outcomes"]) == 0
+    blind = json.loads(capsys.readouterr().out)["policies"]["rendezvous"]
+    assert aware["failed_launches"] < blind["failed_launches"] and blind["degraded"] == []
+    assert main([*argv, "--degrade", "a@1"]) == 2
+    assert "error: --degrade 'a@1'" in capsys.readouterr().err
 
 
 # -- the real day, subsampled -------------------------------------------------------------------

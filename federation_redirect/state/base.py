@@ -257,6 +257,8 @@ def report_to_json(report: HealthReport) -> str:
             "pods": report.capacity.pods,
             "full": report.full,
             "checks": dict(report.checks),
+            "launch_failure_ratio": report.launch_failure_ratio,
+            "degraded": report.degraded,
         },
         sort_keys=True,
     )
@@ -270,6 +272,9 @@ def report_from_json(text: str | bytes, now: float) -> HealthReport:
     versions = doc.get("versions")
     checks = doc.get("checks") or {}
     quota, pods = doc.get("quota"), doc.get("pods")
+    ratio = doc.get("launch_failure_ratio")
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        ratio = None  # absent (an older replica) or not a fraction
     return HealthReport(
         state=HealthState(doc["state"]),
         reason=doc.get("reason"),
@@ -284,4 +289,6 @@ def report_from_json(text: str | bytes, now: float) -> HealthReport:
         ),
         full=bool(doc.get("full", False)),
         checks=MappingProxyType({str(k): bool(v) for k, v in dict(checks).items()}),
+        launch_failure_ratio=None if ratio is None else float(ratio),
+        degraded=doc.get("degraded") is True,
     )

@@ -61,6 +61,14 @@ Order of rules:
    launches flowing to the member most likely to cope instead of failing them.
 
 ``None`` is returned only when every member is in maintenance.
+
+Costs: everything that depends only on a member list (names, pod reports, limits, weights,
+the :class:`~federation_redirect.hashing.Ranker` with its bounded per-key cache of rankings)
+is computed once per member list of a snapshot and memoised by identity; a decision then
+reads each candidate's launch counts once (O(members)) and hashes the key only when its
+ranking is not cached. The memos hold a bounded number of entries, so memory does not grow
+with the number of snapshots or distinct repositories; they never change a result (nor can
+unlocked use from several threads: it could only repeat work).
 """
 
 from __future__ import annotations
@@ -68,9 +76,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from itertools import accumulate, repeat
+from operator import add
 from typing import Protocol
 
-from .hashing import score
+from .hashing import Ranker, score
 from .models import (
     Decision,
     DecisionReason,
@@ -137,15 +147,156 @@ def repo_limit(per_repo_cap: int) -> int:
     return max(1, per_repo_cap - math.ceil(3 * math.sqrt(0.74 * per_repo_cap)))
 
 
+# -- memoised per member list (see "Costs" in the module docstring) -------------------------
+
+# Each memo is cleared when full. A snapshot routes with up to three member lists (candidates,
+# all members, fallback); a table holds its Ranker, and so its cached rankings, alive.
+_TABLES = 8
+_RANKERS = 4
+_MEMO_SIZE = 64
+_tables: dict[int, tuple[Sequence[MemberState], _Table]] = {}
+_rankers: dict[tuple[tuple[str, ...], tuple[float, ...]], Ranker] = {}
+_limits: dict[int, int] = {}
+_cookies: dict[int, tuple[MemberState, Decision | None]] = {}
+
+
+def _repo_limit(per_repo_cap: int) -> int:
+    limit = _limits.get(per_repo_cap)
+    if limit is None:
+        if len(_limits) >= _MEMO_SIZE:
+            _limits.clear()
+        limit = _limits[per_repo_cap] = repo_limit(per_repo_cap)
+    return limit
+
+
+def _ranker(names: tuple[str, ...], weights: tuple[float, ...]) -> Ranker:
+    # Shared by every snapshot with the same names and weights, so that a new snapshot that
+    # changed only health details or pod counts keeps the cached rankings.
+    signature = (names, weights)
+    ranker = _rankers.get(signature)
+    if ranker is None:
+        if len(_rankers) >= _RANKERS:
+            _rankers.clear()
+        ranker = _rankers[signature] = Ranker(list(zip(names, weights, strict=True)))
+    return ranker
+
+
+class _Table:
+    """What routing needs of one member list, computed once (members are immutable)."""
+
+    __slots__ = (
+        "_hash",
+        "_random",
+        "_share_total",
+        "_shares",
+        "_uniform",
+        "_usable",
+        "cum_weights",
+        "limits",
+        "members",
+        "names",
+        "pods",
+        "ranker",
+        "total_pods",
+        "weights",
+    )
+
+    def __init__(self, members: Sequence[MemberState]) -> None:
+        self.members = members
+        self.names = tuple(m.name for m in members)
+        self.pods = tuple(m.capacity.pods or 0 for m in members)
+        self.total_pods = sum(self.pods)
+        self.limits = tuple(m.limit for m in members)
+        self.weights = tuple(m.weight for m in members)
+        self.ranker = _ranker(self.names, self.weights)
+        self.cum_weights: list[float] | None = None
+        self._uniform: Ranker | None = None
+        self._usable: _Table | None = None
+        self._hash: list[Decision | None] = [None] * len(members)
+        self._random: list[Decision | None] = [None] * len(members)
+        self._share_total: float | None = None
+        self._shares: tuple[float, ...] = ()
+
+    def shares(self, weight_total: float) -> tuple[float, ...]:
+        """Each member's ``weight / weight_total`` (0.0 if the total is not positive)."""
+        if weight_total != self._share_total:
+            self._shares = tuple(
+                w / weight_total if weight_total > 0 else 0.0 for w in self.weights
+            )
+            self._share_total = weight_total
+        return self._shares
+
+    @property
+    def uniform(self) -> Ranker:
+        """Ranker with every weight 1.0 (fallback ranking)."""
+        if self._uniform is None:
+            self._uniform = _ranker(self.names, (1.0,) * len(self.names))
+        return self._uniform
+
+    @property
+    def usable(self) -> _Table:
+        """The ready, healthy members with weight > 0 (rule 3), as their own table."""
+        if self._usable is None:
+            self._usable = _Table(
+                tuple(
+                    m
+                    for m in self.members
+                    if m.health is HealthState.HEALTHY
+                    and m.operator is OperatorState.READY
+                    and m.weight > 0
+                )
+            )
+        return self._usable
+
+    def hashed(self, index: int) -> Decision:
+        """``Decision(members[index], HASH, 0)``, made once."""
+        decision = self._hash[index]
+        if decision is None:
+            decision = self._hash[index] = Decision(self.members[index], DecisionReason.HASH, 0)
+        return decision
+
+    def drawn(self, index: int) -> Decision:
+        """``Decision(members[index], RANDOM)``, made once."""
+        decision = self._random[index]
+        if decision is None:
+            decision = self._random[index] = Decision(self.members[index], DecisionReason.RANDOM)
+        return decision
+
+
+def _table(members: Sequence[MemberState]) -> _Table:
+    """The table of ``members``, memoised by identity for tuples (which cannot change)."""
+    if type(members) is not tuple:
+        return _Table(members)
+    hit = _tables.get(id(members))
+    if hit is not None and hit[0] is members:
+        return hit[1]
+    table = _Table(members)
+    if len(_tables) >= _TABLES:
+        _tables.clear()
+    _tables[id(members)] = (members, table)  # holding ``members`` keeps its id unique
+    return table
+
+
+def _cookie_decision(held: MemberState) -> Decision | None:
+    """``Decision(held, COOKIE)`` if ``held`` honours cookies, else None; made once."""
+    hit = _cookies.get(id(held))
+    if hit is not None and hit[0] is held:
+        return hit[1]
+    decision = Decision(held, DecisionReason.COOKIE) if held.honours_cookie else None
+    if len(_cookies) >= _MEMO_SIZE:
+        _cookies.clear()
+    _cookies[id(held)] = (held, decision)
+    return decision
+
+
+# -- the rules ------------------------------------------------------------------------------
+
+
 def _best(key: str, members: Sequence[MemberState], *, uniform: bool = False) -> MemberState:
-    best = members[0]
-    best_score = -1.0
-    for m in members:
-        s = score(key, m.name, 1.0 if uniform else m.weight)
-        # ties: the higher name wins, like hashing.rank
-        if s > best_score or (s == best_score and m.name > best.name):
-            best, best_score = m, s
-    return best
+    """The best of ``members`` by (score, name), the first of equals."""
+    table = _table(members)
+    ranker = table.uniform if uniform else table.ranker
+    return members[ranker.order(key)[0]]
 
 
 def ranked_candidates(snapshot: Snapshot, key: str) -> list[MemberState]:
@@ -154,71 +305,116 @@ def ranked_candidates(snapshot: Snapshot, key: str) -> list[MemberState]:
 
 
 def _ranked(key: str, members: Sequence[MemberState]) -> list[MemberState]:
-    scored = [(score(key, m.name, m.weight), m.name, m) for m in members]
-    scored.sort(key=lambda t: (t[0], t[1]), reverse=True)
-    return [m for _, _, m in scored]
+    table = _table(members)
+    return [members[i] for i in table.ranker.order(key)]
 
 
 def _overflow(snapshot: Snapshot, key: str, loads: Loads) -> Decision | None:
     """Rule 3 of the module docstring; None if no member is ready and healthy."""
-    usable = [
-        m
-        for m in snapshot.members
-        if m.health is HealthState.HEALTHY and m.operator is OperatorState.READY and m.weight > 0
-    ]
-    if not usable:
+    table = _table(snapshot.members).usable
+    if not table.members:
         return None
-    ranked = _ranked(key, usable)
-    cap = repo_limit(snapshot.params.per_repo_cap)
+    order = table.ranker.order(key)
+    cap = _repo_limit(snapshot.params.per_repo_cap)
+    members = table.members
 
-    def room(m: MemberState) -> tuple[bool, float]:
+    def room(i: int) -> tuple[bool, float]:
         # A member with pods left by our estimate (an upper bound of its pods) can surely
         # start one; the per-repository count is only an estimate either way.
+        m = members[i]
         quota = m.capacity.quota if m.capacity.quota is not None else m.limit
         pods = math.inf if quota is None else quota - load_of(m, loads)
         return pods > 0, min(pods, cap - loads.repo_launches(m.name, key))
 
-    chosen = max(ranked, key=room)  # max keeps the first of equals: the better ranked
-    return Decision(chosen, DecisionReason.SATURATED, ranked.index(chosen))
+    chosen = max(order, key=room)  # max keeps the first of equals: the better ranked
+    return Decision(members[chosen], DecisionReason.SATURATED, order.index(chosen))
 
 
 def _bounded(snapshot: Snapshot, key: str, loads: Loads) -> Decision | None:
-    """Rule 2 for ``bounded``; None when rule 3 applies."""
-    candidates = snapshot.candidates
-    cap = repo_limit(snapshot.params.per_repo_cap)
-    load = {m.name: load_of(m, loads) for m in candidates}
-    total = sum(load.values())
-    ranked = ranked_candidates(snapshot, key)
-    bound = {m.name: bound_of(m, snapshot, total) for m in ranked}
-    sent = {m.name: loads.repo_launches(m.name, key) for m in ranked}
+    """Rule 2 for ``bounded``; None when rule 3 applies.
 
-    def utilisation(m: MemberState) -> float:
-        return load[m.name] / max(bound[m.name], 1)
+    Lists are indexed like ``snapshot.candidates``; ``order`` is the ranking (indices, best
+    first) and a member's rank is its position in it.
+    """
+    table = _table(snapshot.candidates)
+    names = table.names
+    params = snapshot.params
+    cap = _repo_limit(params.per_repo_cap)
+    launched: list[int] = list(map(loads.launches, names))
+    sent: list[int] = list(map(loads.repo_launches, names, repeat(key)))
+    order = table.ranker.order(key)
+    # bound_of for every member: ceil(balance_factor x (total load + 1) x share), at most
+    # its limit; balance_factor x (total load + 1) is the same for all
+    scale = params.balance_factor * (table.total_pods + sum(launched) + 1)
+    shares = table.shares(snapshot.candidate_weight)
+    pods = table.pods
+    limits = table.limits
 
-    def has_room(m: MemberState) -> bool:
-        return load[m.name] < bound[m.name] and sent[m.name] < cap
+    # warm: sent there within the session window (counts are never negative in practice;
+    # the exact test is kept for any Loads)
+    warm = len(sent) - sent.count(0) if min(sent) >= 0 else sum(s > 0 for s in sent)
+    if warm < 2:
+        # the common case, inline: the first member in ranking order that has room
+        for rank, i in enumerate(order):
+            bound = math.ceil(scale * shares[i])
+            limit = limits[i]
+            if limit is not None and limit < bound:
+                bound = limit
+            if pods[i] + launched[i] < bound and sent[i] < cap:
+                if rank == 0:
+                    return table.hashed(i)
+                return Decision(table.members[i], DecisionReason.SPILL, rank)
+    load = list(map(add, pods, launched))
+    return _bounded_rest(table, order, load, sent, scale, shares, cap, warm)
 
-    def ranked_decision(m: MemberState) -> Decision:
-        rank = ranked.index(m)
-        return Decision(m, DecisionReason.HASH if rank == 0 else DecisionReason.SPILL, rank)
 
-    warm = [m for m in ranked if sent[m.name] > 0]
-    if len(warm) >= 2:
-        open_warm = [m for m in warm if has_room(m)]
+def _bounded_rest(
+    table: _Table,
+    order: tuple[int, ...],
+    load: list[int],
+    sent: list[int],
+    scale: float,
+    shares: Sequence[float],
+    cap: int,
+    warm: int,
+) -> Decision | None:
+    """Rule 2 for ``bounded`` beyond its common case (see :func:`_bounded`)."""
+    members = table.members
+    limits = table.limits
+
+    def bound(i: int) -> int:
+        b = math.ceil(scale * shares[i])
+        limit = limits[i]
+        return b if limit is None else min(b, limit)
+
+    def utilisation(i: int) -> float:
+        return load[i] / max(bound(i), 1)
+
+    def has_room(i: int) -> bool:
+        return load[i] < bound(i) and sent[i] < cap
+
+    def ranked_decision(i: int, rank: int) -> Decision:
+        if rank == 0:
+            return table.hashed(i)
+        return Decision(members[i], DecisionReason.SPILL, rank)
+
+    if warm >= 2:
+        open_warm = [i for i in order if sent[i] > 0 and has_room(i)]
         if open_warm:
-            return ranked_decision(min(open_warm, key=utilisation))
-    for m in ranked:
-        if has_room(m):
-            return ranked_decision(m)
+            chosen = min(open_warm, key=utilisation)
+            return ranked_decision(chosen, order.index(chosen))
+        for rank, i in enumerate(order):
+            if has_room(i):
+                return ranked_decision(i, rank)
     # Every member is at its bound: the least utilised one that can still take this
     # repository and is under its limit; if none can, the caller looks further (_overflow).
     under_cap = [
-        m for m in ranked if sent[m.name] < cap and (m.limit is None or load[m.name] < m.limit)
+        i for i in order if sent[i] < cap and ((limit := limits[i]) is None or load[i] < limit)
     ]
     if not under_cap:
         return None
     chosen = min(under_cap, key=utilisation)
-    return Decision(chosen, DecisionReason.SATURATED, ranked.index(chosen))
+    return Decision(members[chosen], DecisionReason.SATURATED, order.index(chosen))
 
 
 def route(
@@ -238,15 +434,13 @@ def route(
     strategy = snapshot.strategy
     if cookie is not None:
         held = snapshot.by_name.get(cookie)
-        if (
-            held is not None
-            and held.honours_cookie
-            and (
+        if held is not None:
+            decision = _cookie_decision(held)
+            if decision is not None and (
                 strategy is not Strategy.BOUNDED
-                or loads.repo_launches(held.name, key) < repo_limit(snapshot.params.per_repo_cap)
-            )
-        ):
-            return Decision(held, DecisionReason.COOKIE)
+                or loads.repo_launches(held.name, key) < _repo_limit(snapshot.params.per_repo_cap)
+            ):
+                return decision
     candidates = snapshot.candidates
     if strategy is Strategy.BOUNDED:
         decision = (_bounded(snapshot, key, loads) if candidates else None) or _overflow(
@@ -255,12 +449,16 @@ def route(
         if decision is not None:
             return decision
     elif candidates:
+        table = _table(candidates)
         if strategy is Strategy.RANDOM:
             if rng is None:
                 raise ValueError("the random strategy needs an rng")
-            chosen = rng.choices(candidates, [m.weight for m in candidates])[0]
-            return Decision(chosen, DecisionReason.RANDOM)
-        return Decision(_best(key, candidates), DecisionReason.HASH)
+            if table.cum_weights is None:
+                table.cum_weights = list(accumulate(table.weights))
+            # the same draw as rng.choices(candidates, weights): one random() per launch
+            chosen = rng.choices(range(len(candidates)), cum_weights=table.cum_weights)[0]
+            return table.drawn(chosen)
+        return table.hashed(table.ranker.order(key)[0])
     if snapshot.fallback:
         return Decision(_best(key, snapshot.fallback, uniform=True), DecisionReason.FALLBACK)
     return None

@@ -12,19 +12,28 @@ Guarantees:
   request whose path or query holds anything but printable ASCII (CR, LF, NUL, space, bytes
   >= 0x7f) is refused with 400, so there is no header injection and no open redirect.
 * The hot path does no I/O, takes no lock and reads only the current snapshot.
+
+Costs (README, "Performance"): a redirect is decided synchronously in one call
+(:meth:`FrontDoor.redirect`) and sent with two ``send`` calls; header names and constant
+headers are prebuilt bytes, member URLs are encoded once per snapshot, the cookie expiry date
+is formatted once a second, repository keys are interned (one string per repository for the
+launch counters and the ranking cache), and no regex, framework or validation model runs per
+request.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Callable
+from typing import Final
 
 from .config import Config
-from .cookies import cookie_name, read_cookie, set_cookie_header
+from .cookies import SetCookie, cookie_name, read_cookie
 from .keys import launch_key
 from .metrics import Metrics
-from .models import DecisionReason
+from .models import Decision, DecisionReason, Snapshot
 from .policy import route
 from .registry import Registry
 from .types import ASGIApp, Receive, Scope, Send
@@ -54,11 +63,14 @@ _PREFLIGHT_HEADERS = [
     _EMPTY,
 ]
 _ALLOW = (b"allow", b"GET, HEAD, OPTIONS")
-
-
-def _clean(data: bytes) -> bool:
-    """Only printable ASCII without space: what may go into a Location header verbatim."""
-    return all(0x21 <= b <= 0x7E for b in data)
+# A decided redirect: the 307's headers, the decision and the repository key
+_Redirect = tuple[list[tuple[bytes, bytes]], Decision, str]
+_LOCATION: Final = b"location"
+_SET_COOKIE: Final = b"set-cookie"
+_COOKIE: Final = b"cookie"
+_COOKIE_REASONS = (DecisionReason.HASH, DecisionReason.RANDOM)
+# Bytes that may go into a Location header verbatim: printable ASCII without space.
+_PRINTABLE: Final = bytes(range(0x21, 0x7F))
 
 
 async def _respond(
@@ -100,8 +112,12 @@ class FrontDoor:
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
         self.cookie_max_age = int(config.host_cookie_age_hours * 3600)
+        self.set_cookie = SetCookie(self.cookie_max_age)
         base = config.badge_base_url
         self.badges = {path: (base + target).encode() for path, target in BADGES.items()}
+        # member name -> URL bytes, for the snapshot they were made from
+        self._urls_of: Snapshot | None = None
+        self._urls: dict[str, bytes] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,67 +142,76 @@ class FrontDoor:
     async def launch(self, scope: Scope, send: Send) -> None:
         """Answer a launch or build request with a 307 to the chosen member."""
         start = time.perf_counter()
-        path: str = scope["path"]
-        build = path.startswith("/build/")
-        kind = "build" if build else "launch"
         method: str = scope["method"]
-        if method == "OPTIONS":
+        if method == "GET" or method == "HEAD":
+            answer = self.redirect(scope)
+            if answer is None:
+                await _plain(send, 400, "malformed launch URL")
+                return
+            if isinstance(answer, str):
+                await _plain(send, 503, answer, (b"retry-after", b"60"))
+                return
+            headers, decision, key = answer
+            await send({"type": "http.response.start", "status": 307, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            member = decision.member.name
+            if method == "GET":  # HEAD is a link checker, not a launch
+                registry = self.registry
+                registry.loads.record(member, key, registry.clock())
+            metrics = self.metrics
+            metrics.redirects.inc(member, decision.reason)
+            kind = "build" if scope["path"].startswith("/build/") else "launch"
+            metrics.latency.observe(kind, time.perf_counter() - start)
+        elif method == "OPTIONS":
             await _respond(send, 204, _PREFLIGHT_HEADERS)
             self.metrics.latency.observe("preflight", time.perf_counter() - start)
-            return
-        if method not in ("GET", "HEAD"):
+        else:
             await _plain(send, 405, f"{method} is not allowed on launch URLs", _ALLOW)
-            return
+
+    def redirect(self, scope: Scope) -> _Redirect | str | None:
+        """Decide a GET or HEAD launch: ``(headers of the 307, decision, repository key)``, a
+        503 text if every member is in maintenance, or None if the URL is malformed (400).
+        No I/O; nothing is counted."""
+        path: str = scope["path"]
         raw: bytes = scope.get("raw_path") or path.encode()
         query: bytes = scope.get("query_string", b"")
-        if not raw.startswith(b"/") or raw.startswith(b"//") or not _clean(raw + query):
-            await _plain(send, 400, "malformed launch URL")
-            return
-        key = launch_key(raw.decode("ascii"))
+        if (
+            raw[:1] != b"/"
+            or raw[:2] == b"//"
+            or raw.translate(None, _PRINTABLE)  # anything left is not printable ASCII
+            or (query and query.translate(None, _PRINTABLE))
+        ):
+            return None
+        # Interned: every request for a repository then shares one key string, and so do the
+        # launch counters and the ranking cache that keep it.
+        key = sys.intern(launch_key(raw.decode("ascii")))
 
         name = cookie_name(key)
         cookie = None
         for header, value in scope["headers"]:
-            if header == b"cookie":
+            if header == _COOKIE:
                 cookie = read_cookie(value, name)
                 if cookie is not None:
                     break
 
         registry = self.registry
-        loads = registry.loads
-        decision = route(registry.snapshot, key, cookie=cookie, rng=self.rng, loads=loads)
+        snapshot = registry.snapshot
+        decision = route(snapshot, key, cookie=cookie, rng=self.rng, loads=registry.loads)
         if decision is None:
-            await _plain(
-                send,
-                503,
-                "every member is in maintenance; try again later",
-                (b"retry-after", b"60"),
-            )
-            return
+            return "every member is in maintenance; try again later"
         member = decision.member
-        location = member.url.encode() + raw
+        if snapshot is not self._urls_of:
+            self._urls = {m.name: m.url.encode() for m in snapshot.members}
+            self._urls_of = snapshot
+        location = (self._urls.get(member.name) or member.url.encode()) + raw
         if query:
             location += b"?" + query
-        headers = [(b"location", location), _EMPTY, _NO_STORE]
-        if build:
+        headers = [(_LOCATION, location), _EMPTY, _NO_STORE]
+        if path.startswith("/build/"):
             headers.append(_CORS)
-        reason = decision.reason
-        if reason is DecisionReason.HASH or reason is DecisionReason.RANDOM:
-            secure = scope.get("scheme") == "https"
-            headers.append(
-                (
-                    b"set-cookie",
-                    set_cookie_header(
-                        name,
-                        member.name,
-                        now=self.wall_clock(),
-                        max_age=self.cookie_max_age,
-                        secure=secure,
-                    ),
-                )
+        if decision.reason in _COOKIE_REASONS:
+            value = self.set_cookie.header(
+                name, member.name, now=self.wall_clock(), secure=scope.get("scheme") == "https"
             )
-        await _respond(send, 307, headers)
-        if method == "GET":  # HEAD is a link checker, not a launch
-            loads.record(member.name, key, registry.clock())
-        self.metrics.redirects.inc(member.name, reason)
-        self.metrics.latency.observe(kind, time.perf_counter() - start)
+            headers.append((_SET_COOKIE, value))
+        return headers, decision, key

@@ -46,6 +46,9 @@ def build_api(
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        # No trailing-slash redirects: Starlette builds them from the Host header, which
+        # would let a request redirect a browser anywhere.
+        redirect_slashes=False,
     )
 
     @app.get("/healthz", summary="Liveness: the process is serving requests.")

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import httpx
@@ -114,6 +115,9 @@ def create_app(
     metrics = Metrics(registry, check_stats=lambda: engine.stats, store=store)
     own_proxy_client = proxy_client is None
     client = proxy_client or httpx.AsyncClient(
+        # One client serves every visitor: it must never keep a member's Set-Cookie and
+        # send it with another visitor's request. A policy that accepts no domain stores none.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         timeout=httpx.Timeout(config.proxy.timeout, connect=config.proxy.connect_timeout),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         follow_redirects=False,

@@ -219,3 +219,19 @@ async def test_home_page_is_a_clean_503_when_no_page_serving_member_answers(
     assert r.status_code == 503
     assert r.headers["retry-after"] == "30"
     assert "temporarily unavailable" in r.text
+
+
+async def test_a_members_cookies_never_reach_another_visitor(federation: Federation) -> None:
+    first = await federation.client.get("/")
+    assert first.headers.get_list("set-cookie")  # the member sets cookies for visitor one
+    async with httpx.AsyncClient(base_url=federation.url) as stranger:
+        await stranger.get("/about")
+    # The proxy's shared client must not have kept them for the stranger's request.
+    assert "cookie" not in federation.members["alpha"].member.last_headers
+
+
+async def test_trailing_slash_on_an_api_path_is_not_redirected_by_host(
+    federation: Federation,
+) -> None:
+    r = await federation.client.get("/api/v1/members/", headers={"Host": "evil.example"})
+    assert r.status_code != 307 or "evil.example" not in r.headers.get("location", "")

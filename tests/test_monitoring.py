@@ -222,6 +222,10 @@ async def _scrape_after_traffic() -> str:
             while (await client.get("/readyz")).status_code != 200:
                 assert time.monotonic() < deadline, "the redirector never became ready"
                 await asyncio.sleep(0.02)
+            # delta is compared with the prime's versions only once the prime has answered
+            while app.registry.health("delta").reason != "versions":
+                assert time.monotonic() < deadline, "delta was never found on other versions"
+                await asyncio.sleep(0.02)
             for i in range(20):
                 assert (await client.get(f"/v2/gh/org/repo-{i}/HEAD")).status_code == 307
             assert (await client.get("/build/gh/org/repo-0/HEAD")).status_code == 307

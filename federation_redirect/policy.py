@@ -34,8 +34,9 @@ Order of rules:
        rule 3.
 
        * load of a member = pods it last reported + launches sent to it since that report;
-       * bound = ceil(balance_factor x (total load + 1) x weight / total weight), and never
-         more than its ``limit`` (quota - pod_headroom);
+       * bound = ceil(balance_factor x max(total load + 1, idle floor) x weight / total
+         weight), and never more than its ``limit`` (quota - pod_headroom); the idle floor is
+         10 % of the candidates' combined limits, so a nearly idle federation spills nothing;
        * per-repository limit (:func:`repo_limit`) = per_repo_cap less a safety margin of
          ceil(3 x sqrt(0.74 x per_repo_cap)) (74 for 100), never below 1. The policy counts
          *launches* in the session window, but BinderHub refuses at ``per_repo_quota``
@@ -131,11 +132,23 @@ def load_of(member: MemberState, loads: Loads) -> int:
     return (member.capacity.pods or 0) + loads.launches(member.name)
 
 
+# The total load the bounds are computed from is at least this fraction of the candidates'
+# combined limits: in a nearly idle federation a member three pods ahead of its share is not
+# overloaded, and spilling its repositories would only cost cold starts.
+IDLE_FRACTION = 0.1
+
+
+def idle_floor(members: Sequence[MemberState]) -> float:
+    """``IDLE_FRACTION`` x the sum of the known ``limit`` of ``members``."""
+    return IDLE_FRACTION * sum(m.limit for m in members if m.limit is not None)
+
+
 def bound_of(member: MemberState, snapshot: Snapshot, total_load: int) -> int:
     """The most load ``member`` may carry before new repositories spill past it."""
     weight_total = snapshot.candidate_weight
     share = member.weight / weight_total if weight_total > 0 else 0.0
-    bound = math.ceil(snapshot.params.balance_factor * (total_load + 1) * share)
+    counted = max(total_load + 1, idle_floor(snapshot.candidates))
+    bound = math.ceil(snapshot.params.balance_factor * counted * share)
     if member.limit is not None:
         bound = min(bound, member.limit)
     return bound
@@ -192,6 +205,7 @@ class _Table:
         "_uniform",
         "_usable",
         "cum_weights",
+        "idle_floor",
         "limits",
         "members",
         "names",
@@ -207,6 +221,7 @@ class _Table:
         self.pods = tuple(m.capacity.pods or 0 for m in members)
         self.total_pods = sum(self.pods)
         self.limits = tuple(m.limit for m in members)
+        self.idle_floor = idle_floor(members)
         self.weights = tuple(m.weight for m in members)
         self.ranker = _ranker(self.names, self.weights)
         self.cum_weights: list[float] | None = None
@@ -345,7 +360,7 @@ def _bounded(snapshot: Snapshot, key: str, loads: Loads) -> Decision | None:
     order = table.ranker.order(key)
     # bound_of for every member: ceil(balance_factor x (total load + 1) x share), at most
     # its limit; balance_factor x (total load + 1) is the same for all
-    scale = params.balance_factor * (table.total_pods + sum(launched) + 1)
+    scale = params.balance_factor * max(table.total_pods + sum(launched) + 1, table.idle_floor)
     shares = table.shares(snapshot.candidate_weight)
     pods = table.pods
     limits = table.limits

@@ -319,3 +319,24 @@ def test_random_strategy_is_unaffected_by_loads() -> None:
     a = route(snap, "gh:o/r", rng=random.Random(3), loads=Loads(since={"a": 10**6}))
     b = route(snap, "gh:o/r", rng=random.Random(3))
     assert a is not None and b is not None and a.member.name == b.member.name
+
+
+def test_a_nearly_idle_federation_spills_nothing() -> None:
+    # 8 pods in a federation of 510 usable: the first-ranked member a few pods ahead of its
+    # share is not overloaded (bounds count at least 10 % of the combined limits).
+    for i in range(300):
+        key = f"gh:o/r{i}"
+        first = ranked_candidates(three(), key)[0].name
+        snap = three(**{first: 6}, **{n: 1 for n in "abc" if n != first})
+        assert decide(snap, key).reason is DecisionReason.HASH
+
+
+def test_the_idle_floor_does_not_hide_a_real_imbalance() -> None:
+    # c (limit 50) already holds 45 pods while the others are empty: c's bound is below 45.
+    snap = three(c=45)
+    spilled = [
+        decide(snap, f"gh:o/r{i}")
+        for i in range(300)
+        if ranked_candidates(snap, f"gh:o/r{i}")[0].name == "c"
+    ]
+    assert spilled and all(d.member.name != "c" for d in spilled)

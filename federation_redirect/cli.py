@@ -45,6 +45,7 @@ from . import __version__
 from .app import CONFIG_ENV, DEFAULT_CONFIG, REDIS_ENV, create_app
 from .config import Config, load_config
 from .errors import ConfigError
+from .httplimits import bounded_http
 from .keys import repo_key
 from .models import HealthReport, HealthState, Snapshot
 from .policy import ranking, route
@@ -83,11 +84,14 @@ KEEP_ALIVE_SECONDS = 75
 # load (a redirect takes microseconds), but bounded, so a slow home-page member holding proxied
 # requests open cannot grow memory past the pod's limit (250 MiB in the chart).
 MAX_CONCURRENCY = 1000
-# Largest request line plus headers h11 buffers (its default is 16 KiB). Launch URLs carry long
-# queries (nbgitpuller, urlpath) and browsers send one stickiness cookie per recent repository;
-# 64 KiB fits both and still bounds each connection. It applies when uvicorn uses h11;
-# http="auto" prefers httptools when it is installed, which has its own parser limits.
+# Largest request line plus headers read from a client (h11's default is 16 KiB, httptools has
+# none). Launch URLs carry long queries (nbgitpuller, urlpath) and browsers send one stickiness
+# cookie per recent repository; 64 KiB fits both and still bounds each connection: a larger
+# head gets 431 (httplimits.py).
 MAX_HEADER_BYTES = 64 * 1024
+# A client has this long to send a request's line and headers, or gets 408: slow clients
+# (slowloris) cannot hold connection slots. ingress-nginx sends a head at once.
+HEADER_TIMEOUT_SECONDS = 10
 # On SIGTERM, in-flight requests (a streamed home page) get this long to finish: well inside
 # Kubernetes' default 30 s grace period, so the pod exits cleanly instead of being killed.
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -232,6 +236,10 @@ def _configure_logging(level: str) -> None:
 
 
 def _server_config(config: Config, args: argparse.Namespace) -> uvicorn.Config:
+    # abuse.trusted_proxies, when set, are the proxies uvicorn believes too: both then take the
+    # client from X-Forwarded-For the same way (with '*', uvicorn takes its leftmost address,
+    # which a client can forge, and a ban or rate limit would follow the forgery)
+    forwarded = ",".join(config.abuse.trusted_proxies) or args.forwarded_allow_ips
     return uvicorn.Config(
         create_app(config),
         host=args.host,
@@ -242,9 +250,9 @@ def _server_config(config: Config, args: argparse.Namespace) -> uvicorn.Config:
         # Redirects are counted in /metrics instead.
         access_log=False,
         proxy_headers=True,  # the scheme decides the cookie's Secure flag
-        forwarded_allow_ips=args.forwarded_allow_ips,
+        forwarded_allow_ips=forwarded,
         loop="auto",  # uvloop when installed
-        http="auto",  # httptools when installed
+        http=bounded_http(MAX_HEADER_BYTES, HEADER_TIMEOUT_SECONDS),  # httptools, bounded
         lifespan="on",  # health checks run in the lifespan: a failed startup must stop us
         server_header=False,
         limit_concurrency=MAX_CONCURRENCY,

@@ -64,6 +64,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import MappingProxyType
 from typing import Final
 
@@ -75,6 +76,7 @@ from .errors import CheckFailed
 from .models import Capacity, HealthReason, HealthReport, HealthState, service_reason
 from .outcomes import OutcomeSettings, OutcomeTracker, Verdict, scrape_metrics
 from .registry import Registry
+from .versions import VersionPolicy
 
 __all__ = ["HealthEngine", "MemberCheckStats", "RoundResult", "versions_match"]
 
@@ -332,6 +334,11 @@ class HealthEngine:
         self.stats: dict[str, MemberCheckStats] = {
             name: MemberCheckStats() for name in config.hosts
         }
+        # the prime's previous /versions stay acceptable for a while (rolling upgrades)
+        self.version_policy = VersionPolicy(
+            partial(versions_match, config.check.versions),
+            grace_seconds=config.check.version_grace_seconds,
+        )
 
     @staticmethod
     def _make_client(config: Config) -> httpx.AsyncClient:
@@ -491,7 +498,9 @@ class HealthEngine:
         else:
             fetched = versions
             mode = self.config.check.versions
-            matches = host.prime or versions_match(mode, versions, self.registry.reference_versions)
+            now = self._clock()
+            self.version_policy.observe(self.registry.reference_versions, now)
+            matches = host.prime or self.version_policy.acceptable(versions, now)
             checks["versions"] = matches
             if not matches:
                 difference = _difference(versions, self.registry.reference_versions or {})

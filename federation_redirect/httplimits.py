@@ -60,13 +60,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self._in_head:
             super().data_received(data)
             return
-        if self._head_timer is None:
-            self._arm()  # the first bytes of the next request on a kept-alive connection
         self._head_bytes += len(data)
         # parse first: the head may end within this read and a body follow in it
         super().data_received(data)
-        if self._in_head and self._head_bytes > self.max_head_bytes:
-            self._refuse(_TOO_LARGE)
+        if self._in_head:  # the head goes on past this read
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(_TOO_LARGE)
+            elif self._head_timer is None:
+                # a later request on a kept-alive connection; a whole head in one read (the
+                # usual case) costs no timer at all
+                self._arm()
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -280,13 +280,14 @@ class Metrics:
         headroom = reg.config.pod_headroom
         for m in members:
             report = reg.health(m.name)
-            healthy = m.health is HealthState.HEALTHY
-            reason = "" if healthy else (report.reason or str(m.health))
+            # what the checks say, even while panic keeps a member routable (panic.py)
+            healthy = report.state is HealthState.HEALTHY
+            reason = "" if healthy else (report.reason or str(report.state))
             health.add_metric([m.name, reason], 1 if healthy else 0)
             for check, ok in report.checks.items():
                 per_check.add_metric([m.name, check], 1 if ok else 0)
             for hs in HealthState:
-                state.add_metric([m.name, str(hs)], 1 if m.health is hs else 0)
+                state.add_metric([m.name, str(hs)], 1 if report.state is hs else 0)
             for o in OperatorState:
                 op_state.add_metric([m.name, str(o)], 1 if m.operator is o else 0)
             routable.add_metric([m.name], 1 if m.routable else 0)
@@ -314,6 +315,14 @@ class Metrics:
         )
         fallback.add_metric([], 1 if reg.first_round_done and not snap.candidates else 0)
         yield fallback
+        panic = GaugeMetricFamily(
+            "federation_panic",
+            "1 while every member fell at once through transport failures and launches still go"
+            " to them (this redirector's own network is the likelier culprit; see"
+            " check.panic_grace_seconds).",
+        )
+        panic.add_metric([], 1 if reg.panic.active else 0)
+        yield panic
         ready = GaugeMetricFamily(
             "federation_ready",
             "1 when /readyz answers ready (first round done and a member routable).",

@@ -50,6 +50,7 @@ from .models import (
     Snapshot,
     Strategy,
 )
+from .panic import PanicGuard
 from .state.base import EMPTY_OVERRIDES, Override
 
 __all__ = ["RAMP_FLOOR", "Registry"]
@@ -82,6 +83,7 @@ class Registry:
         self.reference_versions: Mapping[str, object] | None = None
         self._was_falling_back = False
         self._all_degraded = False  # every routable member is degraded: none counts as such
+        self.panic = PanicGuard.from_config(config.check)  # every member fell at once: see panic.py
         self.snapshot: Snapshot = self._build()
 
     # -- reading ------------------------------------------------------------------------
@@ -123,6 +125,8 @@ class Registry:
         old = self._health[name]
         self._health[name] = report
         self._checked.add(name)
+        healthy = report.state is HealthState.HEALTHY
+        panicked = self.panic.observe(name, healthy, report.reason, self.clock())
         for listener in self._report_listeners:
             listener(name, report)
         if old.capacity.pods != report.capacity.pods:
@@ -141,7 +145,7 @@ class Registry:
             report.capacity.quota,
             report.capacity.pods,
             report.degraded,
-        ):
+        ) or panicked:
             self._swap()
 
     def set_overrides(self, overrides: Mapping[str, Override]) -> None:
@@ -162,7 +166,7 @@ class Registry:
 
     def tick(self) -> None:
         """Advance slow-start ramps (the app calls this every second while ``ramping``)."""
-        if self._recovered_at:
+        if self._recovered_at or self.panic.expire(self.clock()):
             self._swap()
 
     def set_reference_versions(self, versions: Mapping[str, object]) -> bool:
@@ -208,6 +212,7 @@ class Registry:
         capacities = self._capacities() if bounded else {}
         headroom = config.pod_headroom
         members = []
+        kept = self.panic.kept  # in panic: the members that fell at once stay routable
         for index, (name, host) in enumerate(config.hosts.items()):
             report = self._health[name]
             override = self.overrides.get(name)
@@ -221,7 +226,7 @@ class Registry:
                     prime=host.prime,
                     pages=host.serves_pages,
                     index=index,
-                    health=report.state,
+                    health=HealthState.HEALTHY if name in kept else report.state,
                     full=report.full,
                     capacity=report.capacity,
                     limit=None if quota is None else max(0, quota - headroom),

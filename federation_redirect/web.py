@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from .abuse import AbuseControls
 from .config import Config
 from .cookies import SetCookie, cookie_name, read_cookie
 from .keys import launch_key
@@ -115,6 +116,8 @@ class FrontDoor:
         self.set_cookie = SetCookie(self.cookie_max_age)
         base = config.badge_base_url
         self.badges = {path: (base + target).encode() for path, target in BADGES.items()}
+        # None unless the configuration asks for abuse controls (then checked on launches)
+        self.abuse = AbuseControls.from_config(config.abuse)
         # member name -> URL bytes, for the snapshot they were made from
         self._urls_of: Snapshot | None = None
         self._urls: dict[str, bytes] = {}
@@ -152,6 +155,12 @@ class FrontDoor:
                 await _plain(send, 503, answer, (b"retry-after", b"60"))
                 return
             headers, decision, key = answer
+            if self.abuse is not None:
+                new = method == "GET" and decision.reason is not DecisionReason.COOKIE
+                refusal = self.abuse.check(scope, new_session=new)
+                if refusal is not None:
+                    await _plain(send, refusal.status, refusal.message, *refusal.headers)
+                    return
             await send({"type": "http.response.start", "status": 307, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
             member = decision.member.name

@@ -139,8 +139,9 @@ async def test_the_bounded_strategy_shows_each_routable_members_load_bound() -> 
     app = build(three_members())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as c:
         members = (await c.get("/api/v1/members")).json()["members"]
-    # three members with 1 pod each: bound = ceil(1.25 x (3 + 1) x 1/3) = 2
-    assert [m["capacity"]["bound"] for m in members] == [2, 2, 2]
+    # three members with 1 pod each and limits of 90 (quota 100 - headroom 10): the total
+    # load counted is the idle floor, 10 % of 270 = 27, so bound = ceil(1.25 x 27 x 1/3) = 12
+    assert [m["capacity"]["bound"] for m in members] == [12, 12, 12]
     assert [m["effective_weight"] for m in members] == [100.0, 100.0, 100.0]  # quota x weight
 
 

@@ -259,9 +259,13 @@ class RedisStore:
         await self._publish({"kind": "overrides", "version": version})
         return new, entry
 
-    async def _publish(self, message: dict[str, Any]) -> None:
+    def _frame(self, message: dict[str, Any]) -> str:
+        # "<sender id>\n<json>": a replica skips its own messages without decoding them
         message["from"] = self.id
-        await self._redis.publish(self.channel, json.dumps(message))
+        return f"{self.id}\n{json.dumps(message)}"
+
+    async def _publish(self, message: dict[str, Any]) -> None:
+        await self._redis.publish(self.channel, self._frame(message))
 
     # -- connection life -----------------------------------------------------------------------
 
@@ -341,13 +345,18 @@ class RedisStore:
             message = await pubsub.get_message(timeout=0.5)
             if message is None or message.get("type") != "message":
                 continue
+            data = message["data"]
+            if not isinstance(data, str):
+                continue
+            sender, _, body = data.partition("\n")
+            if sender == self.id:
+                continue
             try:
-                event = json.loads(message["data"])
-            except (TypeError, ValueError):
+                event = json.loads(body)
+            except ValueError:
                 continue
-            if not isinstance(event, dict) or event.get("from") == self.id:
-                continue
-            await self._handle(event)
+            if isinstance(event, dict):
+                await self._handle(event)
 
     async def _handle(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
@@ -410,11 +419,10 @@ class RedisStore:
                         "kind": "health",
                         "member": name,
                         "report": json.loads(text),
-                        "from": self.id,
                     }
                     if reference is not None:
                         event["reference"] = dict(reference)
-                    pipe.publish(self.channel, json.dumps(event))
+                    pipe.publish(self.channel, self._frame(event))
                 if reference is not None:
                     pipe.hset(self.k_health, _REFERENCE, json.dumps(dict(reference)))
                 await pipe.execute()
@@ -493,16 +501,29 @@ class RedisStore:
             await self._adopt_overrides()
 
     async def _restore(self) -> None:
-        # Only the first replica to get here writes: SET NX on the version key.
-        if not await self._redis.set(self.k_version, self._version, nx=True):
+        # Version, overrides and audit entries in one transaction, and only while no other
+        # replica has restored (WATCH on the version key): a replica adopting meanwhile never
+        # sees the version without the overrides.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(self.k_version)
+            if await pipe.exists(self.k_version):
+                await pipe.unwatch()
+                restored = False
+            else:
+                pipe.multi()
+                pipe.set(self.k_version, self._version)
+                for member, override in self._overrides.items():
+                    pipe.hset(self.k_overrides, member, override.to_json())
+                for entry in reversed(self._audit):  # oldest first: stream ids must increase
+                    pipe.xadd(self.k_audit, entry.to_fields(), id=entry.id or "*")
+                try:
+                    await pipe.execute()
+                    restored = True
+                except WatchError:
+                    restored = False
+        if not restored:
             await self._adopt_overrides()
             return
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for member, override in self._overrides.items():
-                pipe.hset(self.k_overrides, member, override.to_json())
-            for entry in reversed(self._audit):  # oldest first: stream ids must increase
-                pipe.xadd(self.k_audit, entry.to_fields(), id=entry.id or "*")
-            await pipe.execute()
         log.warning(
             "state store came back empty: restored %d overrides (version %d) and %d audit "
             "entries from this replica",

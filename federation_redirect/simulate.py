@@ -175,16 +175,21 @@ def _minutes(text: str, what: str) -> float:
     return value
 
 
-def parse_outage(text: str) -> Outage:
-    """``MEMBER@START_MIN-END_MIN``, e.g. ``hetzner-gesis@600-660``."""
-    member, at, window = text.rpartition("@")
+def _member_window(head: str, flag: str, text: str, shape: str) -> tuple[str, float, float]:
+    """``MEMBER@START_MIN-END_MIN`` of ``--flag text`` as (member, start, end) minutes."""
+    member, at, window = head.rpartition("@")
     start, dash, end = window.partition("-")
     if not (member and at and dash):
-        raise ScenarioError(f"--fail {text!r}: expected MEMBER@START_MIN-END_MIN")
-    outage = Outage(member, _minutes(start, "--fail"), _minutes(end, "--fail"))
-    if outage.end_min <= outage.start_min:
-        raise ScenarioError(f"--fail {text!r}: END_MIN must be after START_MIN")
-    return outage
+        raise ScenarioError(f"{flag} {text!r}: expected {shape}")
+    start_min, end_min = _minutes(start, flag), _minutes(end, flag)
+    if end_min <= start_min:
+        raise ScenarioError(f"{flag} {text!r}: END_MIN must be after START_MIN")
+    return member, start_min, end_min
+
+
+def parse_outage(text: str) -> Outage:
+    """``MEMBER@START_MIN-END_MIN``, e.g. ``hetzner-gesis@600-660``."""
+    return Outage(*_member_window(text, "--fail", text, "MEMBER@START_MIN-END_MIN"))
 
 
 def parse_degradation(text: str) -> Degradation:
@@ -192,19 +197,11 @@ def parse_degradation(text: str) -> Degradation:
     head, colon, ratio_text = text.rpartition(":")
     if not colon:
         head, ratio_text = text, "1"
-    member, at, window = head.rpartition("@")
-    start, dash, end = window.partition("-")
-    if not (member and at and dash):
-        raise ScenarioError(f"--degrade {text!r}: expected MEMBER@START_MIN-END_MIN[:RATIO]")
+    window = _member_window(head, "--degrade", text, "MEMBER@START_MIN-END_MIN[:RATIO]")
     ratio = _minutes(ratio_text, "--degrade")
     if ratio > 1:
         raise ScenarioError(f"--degrade {text!r}: the failure ratio must be within 0..1")
-    degradation = Degradation(
-        member, _minutes(start, "--degrade"), _minutes(end, "--degrade"), ratio
-    )
-    if degradation.end_min <= degradation.start_min:
-        raise ScenarioError(f"--degrade {text!r}: END_MIN must be after START_MIN")
-    return degradation
+    return Degradation(*window, ratio)
 
 
 def parse_weight_change(text: str) -> WeightChange:

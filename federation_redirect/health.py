@@ -74,7 +74,13 @@ from . import __version__
 from .config import Config, HostConfig
 from .errors import CheckFailed
 from .models import Capacity, HealthReason, HealthReport, HealthState, service_reason
-from .outcomes import OutcomeSettings, OutcomeTracker, Verdict, scrape_metrics
+from .outcomes import (
+    OutcomeSettings,
+    OutcomeTracker,
+    Verdict,
+    scrape_metrics,
+    transport_failure,
+)
 from .registry import Registry
 from .versions import VersionPolicy
 
@@ -595,14 +601,9 @@ class HealthEngine:
                     f"{what}: no answer within {check.timeout:g} s",
                     explicit=False,
                 ) from None
-        except httpx.TimeoutException as exc:
-            raise CheckFailed(
-                HealthReason.TIMEOUT, f"{what}: {type(exc).__name__}", explicit=False
-            ) from None
-        except httpx.TransportError as exc:  # proxy, protocol and URL problems: no retry
-            raise CheckFailed(
-                HealthReason.CONNECT, f"{what}: {type(exc).__name__}: {exc}", explicit=False
-            ) from None
+        # timeouts, and proxy, protocol and URL problems: no retry
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise transport_failure(what, exc) from None
         raise CheckFailed(
             HealthReason.CONNECT,
             f"{what}: {type(last).__name__} after {attempts} attempt(s): {last}",

@@ -95,6 +95,7 @@ __all__ = [
     "Verdict",
     "parse_outcomes",
     "scrape_metrics",
+    "transport_failure",
 ]
 
 LAUNCH_FAMILY: Final = "binderhub_launch_time_seconds"
@@ -286,6 +287,14 @@ def _count(value: float) -> float:
     return float(value)
 
 
+def transport_failure(what: str, exc: httpx.HTTPError) -> CheckFailed:
+    """The failure for an httpx timeout (``timeout``) or transport error (``connect``) while
+    fetching ``what`` from a member: both are transport failures, never explicit."""
+    if isinstance(exc, httpx.TimeoutException):
+        return CheckFailed(HealthReason.TIMEOUT, f"{what}: {type(exc).__name__}", explicit=False)
+    return CheckFailed(HealthReason.CONNECT, f"{what}: {type(exc).__name__}: {exc}", explicit=False)
+
+
 async def scrape_metrics(
     client: httpx.AsyncClient, url: str, *, time_limit: float, max_bytes: int
 ) -> Scrape:
@@ -328,18 +337,12 @@ async def scrape_metrics(
             f"metrics: no complete answer within {time_limit:g} s ({kept.bytes_read} bytes read)",
             explicit=False,
         ) from None
-    except httpx.TimeoutException as exc:
-        raise CheckFailed(
-            HealthReason.TIMEOUT, f"metrics: {type(exc).__name__}", explicit=False
-        ) from None
     except httpx.DecodingError:
         raise CheckFailed(
             HealthReason.BAD_RESPONSE, "metrics: body does not match its encoding", explicit=True
         ) from None
-    except httpx.TransportError as exc:
-        raise CheckFailed(
-            HealthReason.CONNECT, f"metrics: {type(exc).__name__}: {exc}", explicit=False
-        ) from None
+    except (httpx.TimeoutException, httpx.TransportError) as exc:
+        raise transport_failure("metrics", exc) from None
     except ValueError as exc:  # too many kept lines
         raise CheckFailed(HealthReason.BAD_RESPONSE, f"metrics: {exc}", explicit=True) from None
     try:

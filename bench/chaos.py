@@ -369,7 +369,12 @@ class Chaos:
     # -- control
 
     async def control(self, name: str, **body: Any) -> None:
-        r = await self.client.post(f"{self.members[name].url}/_control", json=body)
+        url = f"{self.members[name].url}/_control"
+        try:
+            r = await self.client.post(url, json=body)
+        except httpx.TransportError:
+            # a kept-alive connection the member closed meanwhile: a control is idempotent
+            r = await self.client.post(url, json=body)
         r.raise_for_status()
 
     def event(self, name: str) -> float:

@@ -249,6 +249,14 @@ class RoutingConfig(_Strict):
         description="How long a launch counts on top of a member's pod report (BinderHub "
         "caches its pod count for up to 60 s).",
     )
+    warm_hours: float = Field(
+        default=6,
+        ge=0,
+        allow_inf_nan=False,
+        description="A repository sent to a member within this window counts as warm there "
+        "(its image cached): it keeps going there while the member is under balance_factor x "
+        "its bound, before new repositories spill; 0: off.",
+    )
     slow_start_seconds: float = Field(
         default=120,
         ge=0,

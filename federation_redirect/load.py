@@ -1,23 +1,35 @@
-"""Launch counters for the bounded policy: what a member is carrying beyond its last report.
+"""Launch counters for the bounded policy: what a member is carrying beyond its last report,
+and where each repository's image is warm.
 
 BinderHub caches its pod count for up to 60 s, so during a burst the last ``/health`` report
 is stale: the policy adds the launches it sent to each member since that member's pod count
 last changed (forgetting those older than ``report_seconds``, by when the member's own count
 includes them). It also counts launches per (member, repository) over a session-length
 window, so a repository is spilled to its next member before BinderHub's ``per_repo_quota``
-refuses it.
+refuses it; and it remembers, for ``warm_seconds`` (a member's image cache lifetime), which
+members were sent each repository, so that a repository keeps going where its image is.
 
-Costs: :meth:`LoadTracker.record` and both reads are O(1) dict operations; memory is bounded
-by the launches of one session window (counts are bucketed, then dropped by :meth:`expire`).
-Time is passed in (``now``, seconds on any monotonic clock), so the simulator replays traces
-through the same code.
+Costs: :meth:`LoadTracker.record` and every read are O(1) dict operations (a read returns the
+per-repository mapping it keeps, not a copy). Memory is bounded: counts are bucketed by time
+and dropped by :meth:`expire` once out of their window, and the warm memory holds at most
+``max_warm_keys`` repositories (past that, the oldest bucket is forgotten early). Time is
+passed in (``now``, seconds on any monotonic clock), so the simulator replays traces through
+the same code.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
+from collections.abc import Mapping
 
 __all__ = ["LoadTracker"]
+
+_EMPTY: Mapping[str, int] = {}
+_EMPTY_WARM: Mapping[str, float] = {}
+
+# Repositories remembered as warm somewhere: a day of mybinder.org launches has about 1,600
+# distinct repositories (1,576 on 2021-11-01), so this only bites under a flood of new URLs.
+MAX_WARM_KEYS = 50_000
 
 
 class LoadTracker:
@@ -28,15 +40,26 @@ class LoadTracker:
         *,
         session_seconds: float = 20 * 60,
         report_seconds: float = 60,
+        warm_seconds: float = 6 * 3600,
         bucket_seconds: float = 10,
+        max_warm_keys: int = MAX_WARM_KEYS,
     ) -> None:
         self.session_seconds = session_seconds
         self.report_seconds = report_seconds
+        self.warm_seconds = warm_seconds
         self.bucket_seconds = bucket_seconds
-        self._since: defaultdict[str, int] = defaultdict(int)
-        self._since_buckets: defaultdict[str, deque[list[int]]] = defaultdict(deque)
-        self._repo: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # warm memory is bucketed coarser: it spans hours
+        self.warm_bucket_seconds = max(bucket_seconds, warm_seconds / 36)
+        self.max_warm_keys = max_warm_keys
+        self._since: dict[str, int] = {}
+        self._since_total = 0
+        self._since_buckets: dict[str, deque[list[int]]] = {}
+        # key -> member -> launches within the session window
+        self._repo: dict[str, dict[str, int]] = {}
         self._repo_buckets: deque[tuple[int, Counter[tuple[str, str]]]] = deque()
+        # key -> member -> time of the last launch sent there (within warm_seconds)
+        self._warm: dict[str, dict[str, float]] = {}
+        self._warm_buckets: deque[tuple[int, set[str]]] = deque()
         # Sharing with other replicas (see state.redis): each local launch counts ``scale``
         # times (the replicas last seen, while the shared store is down), and when
         # ``sharing`` is on it is also put in the outbox that the store flushes.
@@ -49,8 +72,17 @@ class LoadTracker:
     def launches(self, member: str) -> int:
         return self._since.get(member, 0)
 
+    def total_launches(self) -> int:
+        return self._since_total
+
     def repo_launches(self, member: str, key: str) -> int:
-        return self._repo.get((member, key), 0)
+        return self._repo.get(key, _EMPTY).get(member, 0)
+
+    def repo_counts(self, key: str) -> Mapping[str, int]:
+        return self._repo.get(key, _EMPTY)
+
+    def warm(self, key: str) -> Mapping[str, float]:
+        return self._warm.get(key, _EMPTY_WARM)
 
     # -- updates ---------------------------------------------------------------------------
 
@@ -64,8 +96,11 @@ class LoadTracker:
         """Count ``count`` launches of ``key`` to ``member`` at ``now`` (another replica's,
         or this one's); unlike :meth:`record` it never goes to the outbox."""
         bucket = int(now // self.bucket_seconds)
-        self._since[member] += count
-        since = self._since_buckets[member]
+        self._since[member] = self._since.get(member, 0) + count
+        self._since_total += count
+        since = self._since_buckets.get(member)
+        if since is None:
+            since = self._since_buckets[member] = deque()
         if since and since[-1][0] == bucket:
             since[-1][1] += count
         else:
@@ -74,7 +109,40 @@ class LoadTracker:
         if not repo or repo[-1][0] != bucket:
             repo.append((bucket, Counter()))
         repo[-1][1][member, key] += count
-        self._repo[member, key] += count
+        counts = self._repo.get(key)
+        if counts is None:
+            counts = self._repo[key] = {}
+        counts[member] = counts.get(member, 0) + count
+        self._warm_add(member, key, now)
+
+    def _warm_add(self, member: str, key: str, now: float) -> None:
+        if self.warm_seconds <= 0:
+            return
+        warm = self._warm.get(key)
+        if warm is None:
+            if len(self._warm) >= self.max_warm_keys and self._warm_buckets:
+                self._warm_forget(self._warm_buckets.popleft()[1], now)
+            warm = self._warm[key] = {}
+        warm[member] = now
+        bucket = int(now // self.warm_bucket_seconds)
+        buckets = self._warm_buckets
+        if not buckets or buckets[-1][0] != bucket:
+            buckets.append((bucket, set()))
+        buckets[-1][1].add(key)
+
+    def _warm_forget(self, keys: set[str], now: float) -> None:
+        """Forget the warm entries of ``keys`` older than the warm window (or all of them,
+        when their bucket is dropped early to stay under ``max_warm_keys``)."""
+        early = len(self._warm) >= self.max_warm_keys
+        cut = now - self.warm_seconds
+        for key in keys:
+            warm = self._warm.get(key)
+            if warm is None:
+                continue
+            for member in [m for m, t in warm.items() if early or t < cut]:
+                del warm[member]
+            if not warm:
+                del self._warm[key]
 
     def drain(self) -> Counter[tuple[str, str]]:
         """Take the launches recorded since the last drain (for the store to share)."""
@@ -83,29 +151,42 @@ class LoadTracker:
 
     def reported(self, member: str) -> None:
         """``member`` reported a new pod count: it now includes the launches sent so far."""
-        self._since.pop(member, None)
+        self._since_total -= self._since.pop(member, 0)
         self._since_buckets.pop(member, None)
 
     def expire(self, now: float) -> None:
-        """Forget launches older than the report and session windows."""
+        """Forget launches older than the report, session and warm windows."""
         report_cut = int((now - self.report_seconds) // self.bucket_seconds)
         for member in list(self._since_buckets):
             since = self._since_buckets[member]
             while since and since[0][0] < report_cut:
-                self._since[member] -= since.popleft()[1]
+                n = since.popleft()[1]
+                self._since[member] -= n
+                self._since_total -= n
             if not since:
                 del self._since_buckets[member]
-                self._since.pop(member, None)
+                self._since_total -= self._since.pop(member, 0)
         session_cut = int((now - self.session_seconds) // self.bucket_seconds)
         repo = self._repo_buckets
         while repo and repo[0][0] < session_cut:
-            for mk, n in repo.popleft()[1].items():
-                left = self._repo[mk] - n
+            for (member, key), n in repo.popleft()[1].items():
+                counts = self._repo[key]
+                left = counts[member] - n
                 if left > 0:
-                    self._repo[mk] = left
+                    counts[member] = left
                 else:
-                    del self._repo[mk]
+                    del counts[member]
+                    if not counts:
+                        del self._repo[key]
+        warm_cut = int((now - self.warm_seconds) // self.warm_bucket_seconds)
+        buckets = self._warm_buckets
+        while buckets and buckets[0][0] < warm_cut:
+            self._warm_forget(buckets.popleft()[1], now)
 
     def tracked_repositories(self) -> int:
         """How many (member, repository) pairs are being counted (for metrics and tests)."""
-        return len(self._repo)
+        return sum(map(len, self._repo.values()))
+
+    def warm_repositories(self) -> int:
+        """How many repositories are remembered as warm somewhere (for metrics and tests)."""
+        return len(self._warm)

@@ -185,6 +185,16 @@ class MemberState:
         )
 
     @property
+    def serving(self) -> bool:
+        """Healthy, ready and weighted: may take launches, full or not (the bounded policy's
+        last resort when no routable member has room)."""
+        return (
+            self.health is HealthState.HEALTHY
+            and self.operator is OperatorState.READY
+            and self.weight > 0
+        )
+
+    @property
     def honours_cookie(self) -> bool:
         """May receive a browser whose cookie names it (drained members still do)."""
         return (

@@ -19,19 +19,22 @@ Order of rules:
        consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018),
        weighted, aware of where images are warm:
 
-       a. A repository sent to two or more members within the session window (a popular
-          one, or one spilled earlier) goes to the least utilised of those members that has
-          room (below): its image is warm on all of them, so choosing among them costs no
-          cold start, and the member it piles on keeps its room for the many repositories
-          that are warm nowhere else.
+       a. A repository sent within the warm window (``routing.warm_hours``, default 6 h, the
+          life of a member's image cache) to members that now have room *for a warm
+          repository* (load under ``balance_factor`` x its bound, and under its ``limit`` and
+          the per-repository limit) goes to the best ranked of them; when it was sent to two
+          or more of them within the session window (a popular repository, spread by the
+          per-repository limit), to the least utilised of those. Its image is warm there, so
+          this costs no cold start, and a member that runs ahead of its share sheds its *new*
+          repositories first, not the ones whose images it holds.
        b. Otherwise walk the repository's rendezvous ranking and take the first member that
           has room: load under its bound, and fewer than the per-repository limit of this
           repository's launches sent to it in the session window.
 
        Reason ``hash`` for the first-ranked member, ``spill`` for a later one. If no member
        has room, the least utilised (load over bound) of those under both the
-       per-repository limit and their ``limit``: reason ``saturated``; if there is none,
-       rule 3.
+       per-repository limit and their ``limit``, warm ones first: reason ``saturated``; if
+       there is none, rule 3.
 
        * load of a member = pods it last reported + launches sent to it since that report;
        * bound = ceil(balance_factor x max(total load + 1, idle floor) x weight / total
@@ -45,30 +48,32 @@ Order of rules:
          (2/e) x rate x window, about 0.74 x per_repo_cap at the cap (Campbell's theorem);
          the margin is three standard deviations of it.
 
-       With no load near a bound and every repository sent to at most one member in the
-       window, the answer is exactly ``rendezvous``'s, so repositories stay where their
+       With no load near a bound and no repository warm anywhere but on its first-ranked
+       member, the answer is exactly ``rendezvous``'s, so repositories stay where their
        images are cached; a member that runs ahead of its share sheds only its *new*
        repositories to their next choice. ``federation-redirect simulate`` replays real
        launch traces through this function to measure all of this (README, "Simulation").
-3. ``bounded`` only: when no routable member can take the repository (none is routable, or
-   each is at the per-repository limit or its ``limit``), the ready, healthy member (full
-   or not) with the most room by the policy's own estimates: first those with pods left
-   (quota > load), then the largest min(quota - load, per-repository limit - launches of
-   the repository in the window). Reason ``saturated``. A full member (within
-   ``pod_headroom`` of its quota) still has free pods, plus those freed since its report,
-   and the prime has no better claim to them than the others.
+3. ``bounded`` only: when no routable member can take the repository (none is routable, or each is
+   at the per-repository limit or its ``limit``), the ready, healthy member (full or not) with
+   the most room by the policy's own estimates: members that are not degraded first (their
+   launches succeed; the others' pod estimates are upper bounds, as sessions end between
+   reports), then those with pods left (quota > load), then the largest min(quota - load, per-
+   repository limit - launches of the repository in the window). Reason ``saturated``. A full
+   member (within ``pod_headroom`` of its quota) still has free pods, plus those freed since its
+   report, and the prime has no better claim to them than the others.
 4. Otherwise, if no member is routable, the fallback members (the primes, regardless of
    health) are ranked by unweighted rendezvous hashing: reason ``fallback``. This keeps
    launches flowing to the member most likely to cope instead of failing them.
 
 ``None`` is returned only when every member is in maintenance.
 
-Costs: everything that depends only on a member list (names, pod reports, limits, weights,
-the :class:`~federation_redirect.hashing.Ranker` with its bounded per-key cache of rankings)
-is computed once per member list of a snapshot and memoised by identity; a decision then
-reads each candidate's launch counts once (O(members)) and hashes the key only when its
-ranking is not cached. The memos hold a bounded number of entries, so memory does not grow
-with the number of snapshots or distinct repositories; they never change a result (nor can
+Costs: everything that depends only on a member list (names, pod reports, limits, weights, the
+:class:`~federation_redirect.hashing.Ranker` with its bounded per-key cache of rankings) is
+computed once per member list of a snapshot and memoised by identity; a decision then reads the
+launch counts of the members it examines (usually one: the first ranked, or where the
+repository is warm) and the total from the :class:`Loads` counters, and hashes the key only
+when its ranking is not cached. The memos hold a bounded number of entries, so memory does not
+grow with the number of snapshots or distinct repositories; they never change a result (nor can
 unlocked use from several threads: it could only repeat work).
 """
 
@@ -76,18 +81,16 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from itertools import accumulate, repeat
-from operator import add
+from collections.abc import Mapping, Sequence
+from itertools import accumulate
+from types import MappingProxyType
 from typing import Protocol
 
 from .hashing import Ranker, score
 from .models import (
     Decision,
     DecisionReason,
-    HealthState,
     MemberState,
-    OperatorState,
     Snapshot,
     Strategy,
 )
@@ -111,8 +114,20 @@ class Loads(Protocol):
         """Launches sent to ``member`` since its last pod report."""
         ...
 
+    def total_launches(self) -> int:
+        """The sum of :meth:`launches` over every member."""
+        ...
+
     def repo_launches(self, member: str, key: str) -> int:
         """Launches of repository ``key`` sent to ``member`` within the session window."""
+        ...
+
+    def repo_counts(self, key: str) -> Mapping[str, int]:
+        """Every member with launches of ``key`` in the session window, with their count."""
+        ...
+
+    def warm(self, key: str) -> Mapping[str, float]:
+        """Every member sent ``key`` within the warm window, with the time of the last."""
         ...
 
 
@@ -120,10 +135,20 @@ class _NoLoad:
     def launches(self, member: str) -> int:
         return 0
 
+    def total_launches(self) -> int:
+        return 0
+
     def repo_launches(self, member: str, key: str) -> int:
         return 0
 
+    def repo_counts(self, key: str) -> Mapping[str, int]:
+        return _NOTHING
 
+    def warm(self, key: str) -> Mapping[str, float]:
+        return _NOTHING
+
+
+_NOTHING: Mapping[str, int] = MappingProxyType({})
 NO_LOAD: Loads = _NoLoad()
 
 
@@ -199,6 +224,7 @@ class _Table:
 
     __slots__ = (
         "_hash",
+        "_others",
         "_random",
         "_share_total",
         "_shares",
@@ -206,6 +232,7 @@ class _Table:
         "_usable",
         "cum_weights",
         "idle_floor",
+        "index",
         "limits",
         "members",
         "names",
@@ -218,6 +245,7 @@ class _Table:
     def __init__(self, members: Sequence[MemberState]) -> None:
         self.members = members
         self.names = tuple(m.name for m in members)
+        self.index = {name: i for i, name in enumerate(self.names)}
         self.pods = tuple(m.capacity.pods or 0 for m in members)
         self.total_pods = sum(self.pods)
         self.limits = tuple(m.limit for m in members)
@@ -231,6 +259,15 @@ class _Table:
         self._random: list[Decision | None] = [None] * len(members)
         self._share_total: float | None = None
         self._shares: tuple[float, ...] = ()
+        self._others: tuple[str, ...] | None = None
+
+    def others(self, snapshot: Snapshot) -> tuple[str, ...]:
+        """The names of ``snapshot``'s members that are not in this table (its candidates
+        table: a table is only ever built from one snapshot's candidates)."""
+        if self._others is None:
+            index = self.index
+            self._others = tuple(m.name for m in snapshot.members if m.name not in index)
+        return self._others
 
     def shares(self, weight_total: float) -> tuple[float, ...]:
         """Each member's ``weight / weight_total`` (0.0 if the total is not positive)."""
@@ -252,15 +289,7 @@ class _Table:
     def usable(self) -> _Table:
         """The ready, healthy members with weight > 0 (rule 3), as their own table."""
         if self._usable is None:
-            self._usable = _Table(
-                tuple(
-                    m
-                    for m in self.members
-                    if m.health is HealthState.HEALTHY
-                    and m.operator is OperatorState.READY
-                    and m.weight > 0
-                )
-            )
+            self._usable = _Table(tuple(m for m in self.members if m.serving))
         return self._usable
 
     def hashed(self, index: int) -> Decision:
@@ -332,14 +361,17 @@ def _overflow(snapshot: Snapshot, key: str, loads: Loads) -> Decision | None:
     order = table.ranker.order(key)
     cap = _repo_limit(snapshot.params.per_repo_cap)
     members = table.members
+    sent = loads.repo_counts(key)
 
-    def room(i: int) -> tuple[bool, float]:
+    def room(i: int) -> tuple[bool, bool, float]:
         # A member with pods left by our estimate (an upper bound of its pods) can surely
-        # start one; the per-repository count is only an estimate either way.
+        # start one; the per-repository count is only an estimate either way. A degraded
+        # member comes last: its launches are failing, and the others' estimates are upper
+        # bounds (their sessions end between reports).
         m = members[i]
         quota = m.capacity.quota if m.capacity.quota is not None else m.limit
         pods = math.inf if quota is None else quota - load_of(m, loads)
-        return pods > 0, min(pods, cap - loads.repo_launches(m.name, key))
+        return not m.degraded, pods > 0, min(pods, cap - sent.get(m.name, 0))
 
     chosen = max(order, key=room)  # max keeps the first of equals: the better ranked
     return Decision(members[chosen], DecisionReason.SATURATED, order.index(chosen))
@@ -355,81 +387,119 @@ def _bounded(snapshot: Snapshot, key: str, loads: Loads) -> Decision | None:
     names = table.names
     params = snapshot.params
     cap = _repo_limit(params.per_repo_cap)
-    launched: list[int] = list(map(loads.launches, names))
-    sent: list[int] = list(map(loads.repo_launches, names, repeat(key)))
-    order = table.ranker.order(key)
-    # bound_of for every member: ceil(balance_factor x (total load + 1) x share), at most
-    # its limit; balance_factor x (total load + 1) is the same for all
-    scale = params.balance_factor * max(table.total_pods + sum(launched) + 1, table.idle_floor)
+    launches = loads.launches
+    # total load of the candidates: launches to members that are not candidates do not count
+    total = table.total_pods + loads.total_launches()
+    for name in table.others(snapshot):
+        total -= launches(name)
+    # bound of member i: ceil(balance_factor x max(total load + 1, idle floor) x share_i), at
+    # most its limit; everything but the share is the same for all members
+    scale = params.balance_factor * max(total + 1, table.idle_floor)
     shares = table.shares(snapshot.candidate_weight)
     pods = table.pods
     limits = table.limits
+    sent = loads.repo_counts(key)
+    order = table.ranker.order(key)
+    warm = loads.warm(key)
+    if warm:
+        decision = _warm(table, order, loads, sent, warm, scale, shares, cap, params.balance_factor)
+        if decision is not None:
+            return decision
+    # the common case, inline: the first member in ranking order that has room
+    for rank, i in enumerate(order):
+        bound = math.ceil(scale * shares[i])
+        limit = limits[i]
+        if limit is not None and limit < bound:
+            bound = limit
+        if pods[i] + launches(names[i]) < bound and (not sent or sent.get(names[i], 0) < cap):
+            if rank == 0:
+                return table.hashed(i)
+            return Decision(table.members[i], DecisionReason.SPILL, rank)
+    return _saturated(table, order, loads, sent, warm, scale, shares, cap)
 
-    # warm: sent there within the session window (counts are never negative in practice;
-    # the exact test is kept for any Loads)
-    warm = len(sent) - sent.count(0) if min(sent) >= 0 else sum(s > 0 for s in sent)
-    if warm < 2:
-        # the common case, inline: the first member in ranking order that has room
-        for rank, i in enumerate(order):
-            bound = math.ceil(scale * shares[i])
-            limit = limits[i]
-            if limit is not None and limit < bound:
-                bound = limit
-            if pods[i] + launched[i] < bound and sent[i] < cap:
-                if rank == 0:
-                    return table.hashed(i)
-                return Decision(table.members[i], DecisionReason.SPILL, rank)
-    load = list(map(add, pods, launched))
-    return _bounded_rest(table, order, load, sent, scale, shares, cap, warm)
+
+def _ranked_decision(table: _Table, i: int, rank: int) -> Decision:
+    if rank == 0:
+        return table.hashed(i)
+    return Decision(table.members[i], DecisionReason.SPILL, rank)
 
 
-def _bounded_rest(
+def _warm(
     table: _Table,
     order: tuple[int, ...],
-    load: list[int],
-    sent: list[int],
+    loads: Loads,
+    sent: Mapping[str, int],
+    warm: Mapping[str, float],
     scale: float,
     shares: Sequence[float],
     cap: int,
-    warm: int,
+    factor: float,
 ) -> Decision | None:
-    """Rule 2 for ``bounded`` beyond its common case (see :func:`_bounded`)."""
-    members = table.members
+    """Rule 2a for ``bounded``: a warm member with room under its warm bound, if any."""
+    index = table.index
+    names = table.names
     limits = table.limits
-
-    def bound(i: int) -> int:
-        b = math.ceil(scale * shares[i])
+    pods = table.pods
+    chosen: list[tuple[float, int]] = []
+    for name in warm:
+        i = index.get(name)
+        if i is None or sent.get(name, 0) >= cap:
+            continue
+        bound = math.ceil(scale * shares[i])
+        warm_bound = math.ceil(bound * factor)
         limit = limits[i]
-        return b if limit is None else min(b, limit)
-
-    def utilisation(i: int) -> float:
-        return load[i] / max(bound(i), 1)
-
-    def has_room(i: int) -> bool:
-        return load[i] < bound(i) and sent[i] < cap
-
-    def ranked_decision(i: int, rank: int) -> Decision:
-        if rank == 0:
-            return table.hashed(i)
-        return Decision(members[i], DecisionReason.SPILL, rank)
-
-    if warm >= 2:
-        open_warm = [i for i in order if sent[i] > 0 and has_room(i)]
-        if open_warm:
-            chosen = min(open_warm, key=utilisation)
-            return ranked_decision(chosen, order.index(chosen))
-        for rank, i in enumerate(order):
-            if has_room(i):
-                return ranked_decision(i, rank)
-    # Every member is at its bound: the least utilised one that can still take this
-    # repository and is under its limit; if none can, the caller looks further (_overflow).
-    under_cap = [
-        i for i in order if sent[i] < cap and ((limit := limits[i]) is None or load[i] < limit)
-    ]
-    if not under_cap:
+        if limit is not None and limit < warm_bound:
+            warm_bound = limit
+        load = pods[i] + loads.launches(names[i])
+        if load < warm_bound:
+            chosen.append((load / max(bound, 1), i))
+    if not chosen:
         return None
-    chosen = min(under_cap, key=utilisation)
-    return Decision(members[chosen], DecisionReason.SATURATED, order.index(chosen))
+    spread = [c for c in chosen if sent.get(names[c[1]], 0) > 0] if len(chosen) > 1 else []
+    if len(spread) > 1:
+        # sent to several members within the session window (a popular repository): the
+        # least utilised of those, the first ranked of equals
+        best = min(spread, key=lambda c: (c[0], order.index(c[1])))[1]
+    else:
+        best = min(chosen, key=lambda c: order.index(c[1]))[1]
+    return _ranked_decision(table, best, order.index(best))
+
+
+def _saturated(
+    table: _Table,
+    order: tuple[int, ...],
+    loads: Loads,
+    sent: Mapping[str, int],
+    warm: Mapping[str, float],
+    scale: float,
+    shares: Sequence[float],
+    cap: int,
+) -> Decision | None:
+    """Rule 2c for ``bounded``: every member is at its bound. The least utilised of those
+    that can still take this repository and are under their limit, warm ones first; None
+    if there is none (the caller looks further: rule 3)."""
+    names = table.names
+    limits = table.limits
+    pods = table.pods
+    best: tuple[bool, float, int] | None = None
+    for rank, i in enumerate(order):
+        name = names[i]
+        if sent.get(name, 0) >= cap:
+            continue
+        load = pods[i] + loads.launches(name)
+        limit = limits[i]
+        if limit is not None and load >= limit:
+            continue
+        bound = math.ceil(scale * shares[i])
+        if limit is not None and limit < bound:
+            bound = limit
+        candidate = (name not in warm, load / max(bound, 1), rank)
+        if best is None or candidate < best:
+            best = candidate
+    if best is None:
+        return None
+    rank = best[2]
+    return Decision(table.members[order[rank]], DecisionReason.SATURATED, rank)
 
 
 def route(

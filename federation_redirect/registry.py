@@ -16,8 +16,8 @@ Effective weight of a member, as the ranking uses it::
                                                  comes back from unhealthy)
                          x outcomes.weight_factor  (only while the member is degraded: its
                                                  launches fail, see outcomes.py; and only if
-                                                 some routable member is not degraded, else
-                                                 no member counts as degraded)
+                                                 some serving member, full or not, is not
+                                                 degraded, else no member counts as degraded)
 
 A degraded member also gets, as its ``limit`` (the most pods the bounded policy lets it hold,
 normally quota - pod_headroom), the pods it last reported: it keeps its sessions but does not
@@ -68,7 +68,9 @@ class Registry:
         self.clock = clock
         routing = config.routing
         self.loads = LoadTracker(
-            session_seconds=routing.session_minutes * 60, report_seconds=routing.report_seconds
+            session_seconds=routing.session_minutes * 60,
+            report_seconds=routing.report_seconds,
+            warm_seconds=routing.warm_hours * 3600,
         )
         self._params = RoutingParams(
             balance_factor=routing.balance_factor, per_repo_cap=routing.per_repo_cap
@@ -234,10 +236,12 @@ class Registry:
                     degraded=report.degraded,
                 )
             )
-        # Degraded only means something next to a member that is not: if every routable
-        # member is degraded, none is (their launches would fail wherever they went).
+        # Degraded only means something next to a member that is not: if every serving
+        # member (healthy and ready, full or not) is degraded, none is (their launches would
+        # fail wherever they went). A full member that is not degraded still counts: it has
+        # free pods whenever its sessions end, and its launches succeed.
         if any(m.degraded for m in members):
-            self._all_degraded = not any(m.routable and not m.degraded for m in members)
+            self._all_degraded = not any(m.serving and not m.degraded for m in members)
             factor = config.outcomes.weight_factor
             members = [
                 m
@@ -257,7 +261,7 @@ class Registry:
         self.snapshot = snapshot
         if self._all_degraded != was_all_degraded:
             if self._all_degraded:
-                log.warning("no routable member is free of degradation: none counts as degraded")
+                log.warning("no serving member is free of degradation: none counts as degraded")
             elif any(r.degraded for r in self._health.values()):
                 factor = self.config.outcomes.weight_factor
                 log.warning("degraded members' weights are scaled by %g again", factor)

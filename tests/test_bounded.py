@@ -50,8 +50,17 @@ class Loads:
     def launches(self, member: str) -> int:
         return self.since.get(member, 0)
 
+    def total_launches(self) -> int:
+        return sum(self.since.values())
+
     def repo_launches(self, member: str, key: str) -> int:
         return self.repo.get((member, key), 0)
+
+    def repo_counts(self, key: str) -> dict[str, int]:
+        return {m: n for (m, k), n in self.repo.items() if k == key and n}
+
+    def warm(self, key: str) -> dict[str, float]:
+        return {m: 0.0 for (m, k), n in self.repo.items() if k == key and n}
 
 
 def member(
@@ -237,6 +246,67 @@ def test_repository_warm_on_several_members_goes_to_the_least_utilised_of_them()
     assert d.member.name == "a"
 
 
+class WarmLoads(Loads):
+    """Counts as above, and where each repository is warm (sent within the warm window)."""
+
+    def __init__(self, warm: dict[str, set[str]], **counts: dict[object, int]) -> None:
+        super().__init__(**counts)  # type: ignore[arg-type]
+        self.warm_on = warm
+
+    def warm(self, key: str) -> dict[str, float]:
+        return dict.fromkeys(self.warm_on.get(key, ()), 0.0)
+
+
+def test_repository_warm_on_a_busy_member_stays_there_while_new_ones_spill() -> None:
+    # total 112: a's bound is 1.25 x 113 x 300/540 = 79, its warm bound 1.25 x 79 = 99
+    snap = three(a=90, b=20, c=2)
+    key = next(k for k in KEYS if ranked_candidates(snap, k)[0].name == "a")
+    new = decide(snap, key)
+    assert new.member.name != "a" and new.reason is DecisionReason.SPILL
+    warm = decide(snap, key, WarmLoads({key: {"a"}}))
+    assert (warm.member.name, warm.reason, warm.rank) == ("a", DecisionReason.HASH, 0)
+
+
+def test_a_warm_member_past_balance_factor_times_its_bound_is_left() -> None:
+    snap = three(a=100, b=10, c=2)  # total 112: a's warm bound 99
+    key = next(k for k in KEYS if ranked_candidates(snap, k)[0].name == "a")
+    d = decide(snap, key, WarmLoads({key: {"a"}}))
+    assert d.member.name != "a" and d.reason is DecisionReason.SPILL
+
+
+def test_repository_warm_on_a_later_choice_keeps_going_there() -> None:
+    # spilled earlier (a was busy): while b holds its image, a's room does not pull it back
+    snap = three(a=10, b=10, c=2)
+    key = next(k for k in KEYS if [m.name for m in ranked_candidates(snap, k)][:2] == ["a", "b"])
+    d = decide(snap, key, WarmLoads({key: {"b"}}))
+    assert (d.member.name, d.reason, d.rank) == ("b", DecisionReason.SPILL, 1)
+    # warm on both: the better ranked
+    assert decide(snap, key, WarmLoads({key: {"a", "b"}})).member.name == "a"
+
+
+def test_warm_on_a_member_that_is_no_candidate_counts_for_nothing() -> None:
+    snap = three(a=10, b=10, c=2)
+    drained = snapshot(
+        *(replace(m, operator=OperatorState.DRAIN) if m.name == "b" else m for m in snap.members)
+    )
+    key = next(k for k in KEYS if [m.name for m in ranked_candidates(snap, k)][:2] == ["a", "b"])
+    d = decide(drained, key, WarmLoads({key: {"b", "gone"}}))
+    assert (d.member.name, d.reason) == ("a", DecisionReason.HASH)
+
+
+def test_launches_to_members_that_are_not_candidates_do_not_count_towards_the_bounds() -> None:
+    # b is unhealthy; the 400 launches sent to it before it failed do not raise a's bound
+    snap = snapshot(
+        member("a", 100.0, quota=300, pods=40),
+        member("b", 100.0, quota=300, pods=0, health=HealthState.UNHEALTHY),
+        member("c", 100.0, quota=300, pods=0),
+    )
+    key = next(k for k in KEYS if ranked_candidates(snap, k)[0].name == "a")
+    # a: 40 + 20 = 60 > 1.25 x 61 x 1/2 = 39: spills; with b's 400 counted it would not
+    d = decide(snap, key, Loads(since={"a": 20, "b": 400}))
+    assert (d.member.name, d.reason) == ("c", DecisionReason.SPILL)
+
+
 # -- who may be chosen --------------------------------------------------------------------------
 
 
@@ -258,6 +328,15 @@ def test_drained_or_unhealthy_members_get_no_new_repositories_even_when_all_othe
         d = decide(snap, key)
         assert d.member.name != "b"
         assert d.reason is DecisionReason.SATURATED
+
+
+def test_a_degraded_member_is_the_last_resort_when_every_other_is_full() -> None:
+    snap = snapshot(
+        member("a", 300.0, quota=300, pods=299),  # full, 1 pod left
+        replace(member("b", 18.0, quota=180, pods=0), limit=0, degraded=True),
+    )
+    for key in KEYS[:50]:
+        assert decide(snap, key).member.name == "a"
 
 
 def test_when_every_member_is_full_the_one_with_most_room_left_takes_it_not_the_prime() -> None:

@@ -76,3 +76,39 @@ def test_memory_is_bounded_by_the_session_window_after_expire() -> None:
     loads.expire(10**6)
     assert loads.tracked_repositories() == 0
     assert all(loads.launches(m) == 0 for m in ("m0", "m1", "m2"))
+
+
+def test_members_a_repository_was_sent_to_stay_warm_for_the_warm_window() -> None:
+    loads = LoadTracker(session_seconds=1200, warm_seconds=6 * 3600)
+    loads.record("a", "gh:o/r", 0.0)
+    loads.record("b", "gh:o/r", 3600.0)
+    loads.expire(6 * 3600 - 700.0)
+    assert set(loads.warm("gh:o/r")) == {"a", "b"}
+    assert loads.repo_counts("gh:o/r") == {}  # out of the session window long ago
+    loads.expire(6 * 3600 + 1200.0)  # a's launch is now older than the warm window
+    assert set(loads.warm("gh:o/r")) == {"b"}
+    loads.record("b", "gh:o/r", 7 * 3600.0)  # warmed again: counts from its last launch
+    loads.expire(7 * 3600 + 2000.0)
+    assert set(loads.warm("gh:o/r")) == {"b"}
+    loads.expire(14 * 3600.0)
+    assert loads.warm("gh:o/r") == {} and loads.warm_repositories() == 0
+
+
+def test_warm_memory_is_bounded_under_a_flood_of_new_repositories() -> None:
+    loads = LoadTracker(warm_seconds=6 * 3600, max_warm_keys=1000)
+    for i in range(20000):
+        loads.record("a", f"gh:o/r{i}", i * 1.0)
+    assert loads.warm_repositories() <= 1000
+    assert "a" in loads.warm("gh:o/r19999")
+
+
+def test_the_total_is_the_sum_of_every_members_launches_since_its_report() -> None:
+    loads = tracker()
+    for t in range(30):
+        loads.record("abc"[t % 3], f"gh:o/r{t}", float(t))
+    loads.reported("b")
+    assert loads.total_launches() == loads.launches("a") + loads.launches("c") == 20
+    loads.expire(65.0)
+    assert loads.total_launches() == loads.launches("a") + loads.launches("c")
+    loads.expire(1000.0)
+    assert loads.total_launches() == 0

@@ -11,6 +11,7 @@ import logging
 import math
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from federation_redirect.outcomes import (
     parse_outcomes,
     scrape_metrics,
 )
+from federation_redirect.policy import NO_LOAD, route
 from federation_redirect.registry import Registry
 from federation_redirect.state.base import report_from_json, report_to_json
 from federation_redirect.testing import HUGE_METRICS_BYTES, RunningMember
@@ -628,7 +630,7 @@ def test_a_degraded_member_keeps_routing_with_its_weight_scaled_and_its_pods_as_
     assert registry.snapshot.by_name["b"].weight == a.weight
 
 
-def test_if_every_routable_member_is_degraded_none_is(caplog: pytest.LogCaptureFixture) -> None:
+def test_if_every_serving_member_is_degraded_none_is(caplog: pytest.LogCaptureFixture) -> None:
     registry = registry_of("a", "b")
     registry.report("a", report(True))
     registry.report("b", report(False))
@@ -642,6 +644,20 @@ def test_if_every_routable_member_is_degraded_none_is(caplog: pytest.LogCaptureF
     assert not registry.snapshot.by_name["a"].degraded  # a alone is routable, and degraded
     registry.report("b", report(False))
     assert registry.snapshot.by_name["a"].degraded
+
+
+def test_a_full_member_that_launches_keeps_a_failing_one_degraded() -> None:
+    # b is full (95 of 100 pods, headroom 10): not routable, but its launches succeed
+    # whenever its sessions end, so a failing a stays the last resort
+    registry = registry_of("a", "b")
+    registry.report("a", report(True, pods=0, ratio=1.0))
+    registry.report("b", replace(report(False, pods=95), full=True))
+    snap = registry.snapshot
+    assert not snap.by_name["b"].routable and snap.by_name["b"].serving
+    assert snap.by_name["a"].degraded
+    for i in range(50):
+        decision = route(snap, f"gh:org/repo-{i}", loads=NO_LOAD)
+        assert decision is not None and decision.member.name == "b"
 
 
 def test_the_verdict_travels_in_the_shared_health_report() -> None:

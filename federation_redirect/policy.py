@@ -401,8 +401,9 @@ def _bounded(snapshot: Snapshot, key: str, loads: Loads) -> Decision | None:
     sent = loads.repo_counts(key)
     order = table.ranker.order(key)
     warm = loads.warm(key)
+    view = _View(table, order, loads, sent, warm, scale, shares, cap)
     if warm:
-        decision = _warm(table, order, loads, sent, warm, scale, shares, cap, params.balance_factor)
+        decision = view.warm_choice(params.balance_factor)
         if decision is not None:
             return decision
     # the common case, inline: the first member in ranking order that has room
@@ -412,94 +413,98 @@ def _bounded(snapshot: Snapshot, key: str, loads: Loads) -> Decision | None:
         if limit is not None and limit < bound:
             bound = limit
         if pods[i] + launches(names[i]) < bound and (not sent or sent.get(names[i], 0) < cap):
-            if rank == 0:
-                return table.hashed(i)
-            return Decision(table.members[i], DecisionReason.SPILL, rank)
-    return _saturated(table, order, loads, sent, warm, scale, shares, cap)
+            return view.ranked(i, rank)
+    return view.saturated()
 
 
-def _ranked_decision(table: _Table, i: int, rank: int) -> Decision:
-    if rank == 0:
-        return table.hashed(i)
-    return Decision(table.members[i], DecisionReason.SPILL, rank)
+class _View:
+    """What one ``bounded`` decision for one repository sees: the candidates' table, the
+    repository's ranking (``order``) and launch counts, and the common bound ``scale``."""
 
+    __slots__ = ("cap", "loads", "order", "scale", "sent", "shares", "table", "warm")
 
-def _warm(
-    table: _Table,
-    order: tuple[int, ...],
-    loads: Loads,
-    sent: Mapping[str, int],
-    warm: Mapping[str, float],
-    scale: float,
-    shares: Sequence[float],
-    cap: int,
-    factor: float,
-) -> Decision | None:
-    """Rule 2a for ``bounded``: a warm member with room under its warm bound, if any."""
-    index = table.index
-    names = table.names
-    limits = table.limits
-    pods = table.pods
-    chosen: list[tuple[float, int]] = []
-    for name in warm:
-        i = index.get(name)
-        if i is None or sent.get(name, 0) >= cap:
-            continue
-        bound = math.ceil(scale * shares[i])
-        warm_bound = math.ceil(bound * factor)
-        limit = limits[i]
-        if limit is not None and limit < warm_bound:
-            warm_bound = limit
-        load = pods[i] + loads.launches(names[i])
-        if load < warm_bound:
-            chosen.append((load / max(bound, 1), i))
-    if not chosen:
-        return None
-    spread = [c for c in chosen if sent.get(names[c[1]], 0) > 0] if len(chosen) > 1 else []
-    if len(spread) > 1:
-        # sent to several members within the session window (a popular repository): the
-        # least utilised of those, the first ranked of equals
-        best = min(spread, key=lambda c: (c[0], order.index(c[1])))[1]
-    else:
-        best = min(chosen, key=lambda c: order.index(c[1]))[1]
-    return _ranked_decision(table, best, order.index(best))
+    def __init__(
+        self,
+        table: _Table,
+        order: tuple[int, ...],
+        loads: Loads,
+        sent: Mapping[str, int],
+        warm: Mapping[str, float],
+        scale: float,
+        shares: Sequence[float],
+        cap: int,
+    ) -> None:
+        self.table = table
+        self.order = order
+        self.loads = loads
+        self.sent = sent
+        self.warm = warm
+        self.scale = scale
+        self.shares = shares
+        self.cap = cap
 
+    def bound(self, i: int, factor: float = 1.0) -> int:
+        """Member ``i``'s bound (times ``factor``), never past its limit."""
+        bound = math.ceil(self.scale * self.shares[i])
+        if factor != 1.0:
+            bound = math.ceil(bound * factor)
+        limit = self.table.limits[i]
+        return bound if limit is None or bound <= limit else limit
 
-def _saturated(
-    table: _Table,
-    order: tuple[int, ...],
-    loads: Loads,
-    sent: Mapping[str, int],
-    warm: Mapping[str, float],
-    scale: float,
-    shares: Sequence[float],
-    cap: int,
-) -> Decision | None:
-    """Rule 2c for ``bounded``: every member is at its bound. The least utilised of those
-    that can still take this repository and are under their limit, warm ones first; None
-    if there is none (the caller looks further: rule 3)."""
-    names = table.names
-    limits = table.limits
-    pods = table.pods
-    best: tuple[bool, float, int] | None = None
-    for rank, i in enumerate(order):
-        name = names[i]
-        if sent.get(name, 0) >= cap:
-            continue
-        load = pods[i] + loads.launches(name)
-        limit = limits[i]
-        if limit is not None and load >= limit:
-            continue
-        bound = math.ceil(scale * shares[i])
-        if limit is not None and limit < bound:
-            bound = limit
-        candidate = (name not in warm, load / max(bound, 1), rank)
-        if best is None or candidate < best:
-            best = candidate
-    if best is None:
-        return None
-    rank = best[2]
-    return Decision(table.members[order[rank]], DecisionReason.SATURATED, rank)
+    def load(self, i: int) -> int:
+        return self.table.pods[i] + self.loads.launches(self.table.names[i])
+
+    def ranked(self, i: int, rank: int) -> Decision:
+        if rank == 0:
+            return self.table.hashed(i)
+        return Decision(self.table.members[i], DecisionReason.SPILL, rank)
+
+    def warm_choice(self, factor: float) -> Decision | None:
+        """Rule 2a: a warm member with room under ``factor`` x its bound, if any."""
+        sent = self.sent
+        index = self.table.index
+        chosen: list[tuple[float, int, bool]] = []  # utilisation, index, sent in the window
+        for name in self.warm:
+            i = index.get(name)
+            if i is None or sent.get(name, 0) >= self.cap:
+                continue
+            load = self.load(i)
+            if load < self.bound(i, factor):
+                chosen.append((load / max(self.bound(i), 1), i, sent.get(name, 0) > 0))
+        if not chosen:
+            return None
+        rank = self.order.index
+        spread = [c for c in chosen if c[2]]
+        if len(spread) > 1:
+            # sent to several members within the session window (a popular repository):
+            # the least utilised of those, the first ranked of equals
+            best = min(spread, key=lambda c: (c[0], rank(c[1])))[1]
+        else:
+            best = min(chosen, key=lambda c: rank(c[1]))[1]
+        return self.ranked(best, rank(best))
+
+    def saturated(self) -> Decision | None:
+        """Rule 2c: every member is at its bound. The least utilised of those that can
+        still take this repository and are under their limit, warm ones first; None if
+        there is none (the caller looks further: rule 3)."""
+        names = self.table.names
+        limits = self.table.limits
+        best: tuple[bool, float, int] | None = None
+        for rank, i in enumerate(self.order):
+            name = names[i]
+            if self.sent.get(name, 0) >= self.cap:
+                continue
+            load = self.load(i)
+            limit = limits[i]
+            if limit is not None and load >= limit:
+                continue
+            candidate = (name not in self.warm, load / max(self.bound(i), 1), rank)
+            if best is None or candidate < best:
+                best = candidate
+        if best is None:
+            return None
+        rank = best[2]
+        return Decision(self.table.members[self.order[rank]], DecisionReason.SATURATED, rank)
 
 
 def route(

@@ -3,7 +3,10 @@
 :mod:`federation_redirect.status`).
 
 These are not on the launch hot path (the front door in :mod:`federation_redirect.web` answers
-launches before a request ever reaches FastAPI's router).
+launches before a request ever reaches FastAPI's router). Nor is this app on the probe and
+scrape path: :class:`federation_redirect.local.LocalEndpoints` answers the ``GET`` of probes,
+metrics, ``/active_hosts`` and ``/status`` itself, exactly as this app would, and imports this
+module (and FastAPI) only for the rest.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from . import __version__
 from .admin import build_admin_router
 from .auth import AdminTokens
+from .local import active_hosts_document, ready_document
 from .metrics import CONTENT_TYPE, Metrics
 from .registry import Registry
 from .state.base import StateStore
-from .status import load_status_page
+from .status import StatusPage, load_status_page
 
 __all__ = ["build_api"]
 
@@ -34,10 +38,12 @@ def build_api(
     store: StateStore,
     tokens: AdminTokens,
     wall_clock: Callable[[], float] = time.time,
+    status_page: StatusPage | None = None,
 ) -> FastAPI:
     """The FastAPI app for the local endpoints. ``lifespan`` runs the background tasks.
 
-    ``store`` takes the operator API's writes; ``tokens`` authenticates them.
+    ``store`` takes the operator API's writes; ``tokens`` authenticates them; ``status_page``
+    is served at ``/status`` (default: :func:`load_status_page`).
     """
     app = FastAPI(
         title="federation-redirect",
@@ -61,32 +67,15 @@ def build_api(
         responses={503: {"description": "Not ready yet"}},
     )
     async def readyz() -> JSONResponse:
-        snap = registry.snapshot
-        body = {
-            "ready": registry.ready,
-            "first_round_done": registry.first_round_done,
-            "routable": [m.name for m in snap.candidates],
-        }
-        return JSONResponse(body, status_code=200 if registry.ready else 503)
+        body, status = ready_document(registry)
+        return JSONResponse(body, status_code=status)
 
     @app.get(
         "/active_hosts",
         summary="Members currently in rotation (same shape as the production redirector).",
     )
     async def active_hosts() -> dict[str, dict[str, dict[str, Any]]]:
-        hosts = registry.config.hosts
-        return {
-            "active_hosts": {
-                m.name: {
-                    "url": hosts[m.name].url,
-                    "weight": hosts[m.name].weight,
-                    "health": hosts[m.name].health,
-                    "versions": hosts[m.name].versions,
-                    "prime": hosts[m.name].prime,
-                }
-                for m in registry.snapshot.candidates
-            }
-        }
+        return active_hosts_document(registry)
 
     @app.get("/metrics", summary="Prometheus metrics.", response_class=Response)
     async def prometheus() -> Response:
@@ -97,7 +86,7 @@ def build_api(
         prefix="/api/v1",
     )
 
-    page = load_status_page()
+    page = status_page or load_status_page()
 
     @app.get("/status", include_in_schema=False, response_class=HTMLResponse)
     async def status() -> HTMLResponse:

@@ -16,20 +16,23 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .api import build_api
 from .auth import AdminTokens
 from .config import Config, load_config
 from .health import HealthEngine
+from .local import LocalEndpoints
 from .metrics import Metrics
 from .proxy import HomeProxy
 from .registry import Registry
 from .state.base import StateStore
 from .state.memory import MemoryStore
 from .web import FrontDoor
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 __all__ = [
     "CONFIG_ENV",
@@ -54,6 +57,12 @@ class FederationApp(FrontDoor):
     config: Config
     engine: HealthEngine
     store: StateStore
+    local: LocalEndpoints
+
+    @property
+    def api(self) -> FastAPI:
+        """The FastAPI app of the local endpoints (built, and FastAPI imported, on first use)."""
+        return self.local.fastapi
 
 
 def build_store(
@@ -155,7 +164,7 @@ def create_app(
 
     if admin_tokens is None:
         admin_tokens = AdminTokens.from_environment(config.admin.tokens_file)
-    api = build_api(
+    local = LocalEndpoints(
         registry,
         metrics,
         lifespan=lifespan,
@@ -167,7 +176,7 @@ def create_app(
         config=config,
         registry=registry,
         metrics=metrics,
-        api=api,
+        local=local,
         proxy=HomeProxy(config, registry, metrics, client),
         rng=rng,
         wall_clock=wall_clock,

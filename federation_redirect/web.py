@@ -41,7 +41,7 @@ from .types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["LOCAL_PATHS", "FrontDoor"]
 
-# Paths served by the FastAPI app (probes, metrics, operator API, docs).
+# Paths served by the local endpoints (probes, metrics, operator API, docs, status page).
 LOCAL_PATHS = frozenset(
     {"/metrics", "/healthz", "/readyz", "/active_hosts", "/docs", "/openapi.json", "/status"}
 )
@@ -93,7 +93,8 @@ async def _plain(send: Send, status: int, text: str, *extra: tuple[bytes, bytes]
 
 
 class FrontDoor:
-    """The outermost ASGI app. ``api`` serves LOCAL_PATHS and lifespan; ``proxy`` the rest."""
+    """The outermost ASGI app. ``local`` serves LOCAL_PATHS, the lifespan and any other kind
+    of connection (see :mod:`federation_redirect.local`); ``proxy`` the other paths."""
 
     def __init__(
         self,
@@ -101,14 +102,14 @@ class FrontDoor:
         config: Config,
         registry: Registry,
         metrics: Metrics,
-        api: ASGIApp,
+        local: ASGIApp,
         proxy: ASGIApp,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
-        self.api = api
+        self.local = local
         self.proxy = proxy
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
@@ -124,7 +125,7 @@ class FrontDoor:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.api(scope, receive, send)
+            await self.local(scope, receive, send)
             return
         path: str = scope["path"]
         if path.startswith(LAUNCH_PREFIXES):
@@ -132,7 +133,7 @@ class FrontDoor:
         elif path in self.badges:
             await self.badge(scope, send)
         elif path in LOCAL_PATHS or path.startswith(LOCAL_PREFIXES):
-            await self.api(scope, receive, send)
+            await self.local(scope, receive, send)
         else:
             await self.proxy(scope, receive, send)
 

@@ -50,18 +50,6 @@ from .keys import repo_key
 from .models import HealthReport, HealthState, Snapshot
 from .policy import ranking, route
 from .registry import Registry
-from .simulate import (
-    DISTRIBUTIONS,
-    POLICIES,
-    Options,
-    ScenarioError,
-    format_report,
-    parse_degradation,
-    parse_outage,
-    parse_weight_change,
-    simulate,
-)
-from .trace import TraceError, make_trace, parse_burst, read_counts, read_trace, write_trace
 
 __all__ = ["main"]
 
@@ -99,15 +87,26 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command in ``argv`` and return the process exit status."""
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(simulation=_simulating(argv)).parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)
+
+
+def _simulating(argv: Sequence[str]) -> bool:
+    """Whether the command in ``argv`` is ``simulate`` (or not known: none, or only options):
+    only then are its options defined, which imports the simulator (2 MiB that a server does
+    without; :mod:`.simulate` and :mod:`.trace` are imported by their commands only)."""
+    command = next((word for word in argv if not word.startswith("-")), None)
+    return command is None or command == "simulate"
 
 
 # -- arguments ------------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(*, simulation: bool = True) -> argparse.ArgumentParser:
+    """The command line; with ``simulation=False`` the ``simulate`` command has no options
+    (for any other command: it then cannot be the one parsed)."""
     parser = argparse.ArgumentParser(
         prog="federation-redirect",
         description="Front door of a federation of BinderHubs.",
@@ -165,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         "by outcomes.weight_factor (may repeat)",
     )
     explain.set_defaults(handler=_route)
-    _add_simulation_commands(commands)
+    _add_simulation_commands(commands, simulation)
     _add_operator_commands(commands)
     return parser
 
@@ -394,7 +393,9 @@ def _describe(result: Routed) -> str:
 # -- simulate and make-trace ----------------------------------------------------------------
 
 
-def _add_simulation_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_simulation_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], simulation: bool
+) -> None:
     sim = commands.add_parser(
         "simulate",
         help="replay a launch trace through the routing policies",
@@ -404,6 +405,41 @@ def _add_simulation_commands(commands: argparse._SubParsersAction[argparse.Argum
         "and utilisation, failed launches under --degrade, and churn under --fail / --weight "
         "/ --degrade.",
     )
+    sim.set_defaults(handler=_simulate)
+    if simulation:
+        _add_simulation_options(sim)
+
+    make = commands.add_parser(
+        "make-trace",
+        help="make a launch trace from per-day launch counts",
+        description="Spread the launches of one day of a per-day counts CSV (columns date, "
+        "provider, spec, launches) over a daily load curve 1 + A cos(2 pi (t - peak) / 24 h), "
+        "add workshop bursts, and write JSON lines in the events archive format.",
+    )
+    make.add_argument("--counts", required=True, metavar="CSV", help="per-day launch counts")
+    make.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day to use")
+    make.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    make.add_argument(
+        "--burst",
+        action="append",
+        default=[],
+        metavar="SPEC,COUNT,START_MIN,DURATION_MIN",
+        help="add COUNT launches of SPEC (e.g. gh/org/repo/HEAD) within DURATION_MIN minutes "
+        "from START_MIN minutes after midnight UTC (may repeat)",
+    )
+    make.add_argument(
+        "--amplitude", type=float, default=0.5, metavar="A", help="0..1 (default %(default)g)"
+    )
+    make.add_argument(
+        "--peak-hour", type=float, default=14, metavar="H", help="UTC (default %(default)g)"
+    )
+    make.add_argument("--output", required=True, metavar="PATH", help="trace file ('-': stdout)")
+    make.set_defaults(handler=_make_trace)
+
+
+def _add_simulation_options(sim: argparse.ArgumentParser) -> None:
+    from .simulate import DISTRIBUTIONS, POLICIES
+
     _add_config_option(sim)
     sim.add_argument("--trace", required=True, metavar="PATH", help="JSON-lines launch trace")
     sim.add_argument(
@@ -483,37 +519,21 @@ def _add_simulation_commands(commands: argparse._SubParsersAction[argparse.Argum
         metavar="SPEC",
         help="report this repository's launches separately, e.g. gh/org/repo/HEAD (may repeat)",
     )
-    sim.set_defaults(handler=_simulate)
-
-    make = commands.add_parser(
-        "make-trace",
-        help="make a launch trace from per-day launch counts",
-        description="Spread the launches of one day of a per-day counts CSV (columns date, "
-        "provider, spec, launches) over a daily load curve 1 + A cos(2 pi (t - peak) / 24 h), "
-        "add workshop bursts, and write JSON lines in the events archive format.",
-    )
-    make.add_argument("--counts", required=True, metavar="CSV", help="per-day launch counts")
-    make.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day to use")
-    make.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    make.add_argument(
-        "--burst",
-        action="append",
-        default=[],
-        metavar="SPEC,COUNT,START_MIN,DURATION_MIN",
-        help="add COUNT launches of SPEC (e.g. gh/org/repo/HEAD) within DURATION_MIN minutes "
-        "from START_MIN minutes after midnight UTC (may repeat)",
-    )
-    make.add_argument(
-        "--amplitude", type=float, default=0.5, metavar="A", help="0..1 (default %(default)g)"
-    )
-    make.add_argument(
-        "--peak-hour", type=float, default=14, metavar="H", help="UTC (default %(default)g)"
-    )
-    make.add_argument("--output", required=True, metavar="PATH", help="trace file ('-': stdout)")
-    make.set_defaults(handler=_make_trace)
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from .simulate import (
+        POLICIES,
+        Options,
+        ScenarioError,
+        format_report,
+        parse_degradation,
+        parse_outage,
+        parse_weight_change,
+        simulate,
+    )
+    from .trace import TraceError, read_trace
+
     config = _load(_config_path(args.config), _print_warning)
     if config is None:
         return EXIT_CONFIG
@@ -557,6 +577,8 @@ def _progress(label: str, done: int, total: int) -> None:
 
 
 def _make_trace(args: argparse.Namespace) -> int:
+    from .trace import TraceError, make_trace, parse_burst, read_counts, write_trace
+
     try:
         day = date.fromisoformat(args.date)
     except ValueError:

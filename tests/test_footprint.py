@@ -29,9 +29,20 @@ uvicorn_config = cli._server_config(config, args)
 uvicorn_config.load()
 loaded = {{m.split(".")[0] for m in sys.modules}} | set(sys.modules)
 print(sorted(m for m in ("federation_redirect.simulate", "federation_redirect.trace",
-      "federation_redirect.admin", "federation_redirect.api", "fastapi", "redis") if m in loaded))
+      "federation_redirect.admin", "federation_redirect.api", "fastapi", "redis", "rich",
+      "pygments") if m in loaded))
 """
     assert run(program).split() == ["[]"]
+
+
+def test_httpx_still_works_without_its_command_line_client() -> None:
+    program = """
+import federation_redirect, httpx, sys
+print(sys.modules.get("httpx._main", "absent"), callable(httpx.main))
+with httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(204))) as client:
+    print(client.get("http://member.example/health").status_code)
+"""
+    assert run(program).split() == ["None", "True", "204"]
 
 
 def test_the_simulate_command_still_has_all_its_options() -> None:

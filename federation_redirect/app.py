@@ -115,15 +115,27 @@ def create_app(
     and stop with the ASGI lifespan.
     """
     registry = Registry(config, clock=clock)
+    # One TLS context (the certifi bundle, parsed once: about 1 MiB) for the health checks and
+    # the home-page proxy, the one httpx would make for each, unless SSL_CERT_FILE or
+    # SSL_CERT_DIR direct the proxy's client (which honours the environment) elsewhere.
+    tls = httpx.create_ssl_context(trust_env=False) if health_client is None else None
     engine = HealthEngine(
-        config, registry, client=health_client, clock=clock, wall_clock=wall_clock, rng=rng
+        config,
+        registry,
+        client=health_client,
+        clock=clock,
+        wall_clock=wall_clock,
+        rng=rng,
+        tls=tls,
     )
     if store is None:
         store = build_store(config, registry, engine, clock=clock, wall_clock=wall_clock)
     shared = store
     metrics = Metrics(registry, check_stats=lambda: engine.stats, store=store)
     own_proxy_client = proxy_client is None
+    tls_from_env = bool(os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"))
     client = proxy_client or httpx.AsyncClient(
+        verify=tls if tls is not None and not tls_from_env else True,
         # One client serves every visitor: it must never keep a member's Set-Cookie and
         # send it with another visitor's request. A policy that accepts no domain stores none.
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),

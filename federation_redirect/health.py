@@ -61,6 +61,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -304,8 +305,9 @@ class HealthEngine:
     """Checks every member in its own supervised task and reports to the registry.
 
     ``client`` is the HTTP client for checks; by default the engine makes its own (no
-    redirects, explicit timeouts and limits, no proxies from the environment) and closes it
-    in :meth:`stop`; an injected client is left open. ``clock`` (monotonic seconds) times
+    redirects, explicit timeouts and limits, no proxies from the environment; ``tls``, if
+    given, as its TLS context, else the certifi bundle) and closes it in :meth:`stop`; an
+    injected client is left open. ``clock`` (monotonic seconds) times
     rounds and stamps capacity; ``wall_clock`` (epoch seconds) stamps reports; ``rng`` draws
     the jitter. Sleeping uses the event loop's own time. ``start`` and ``pause`` may alternate
     (a replica that gains or loses the checker role); ``stop`` ends it.
@@ -320,11 +322,12 @@ class HealthEngine:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self._owns_client = client is None
-        self.client = client if client is not None else self._make_client(config)
+        self.client = client if client is not None else self._make_client(config, tls)
         self._clock = clock
         self._wall_clock = wall_clock
         self._rng = rng if rng is not None else random.Random()
@@ -347,9 +350,10 @@ class HealthEngine:
         )
 
     @staticmethod
-    def _make_client(config: Config) -> httpx.AsyncClient:
+    def _make_client(config: Config, tls: ssl.SSLContext | None = None) -> httpx.AsyncClient:
         members = max(1, len(config.hosts))
         return httpx.AsyncClient(
+            verify=True if tls is None else tls,
             follow_redirects=False,
             timeout=httpx.Timeout(config.check.timeout),
             limits=httpx.Limits(max_connections=4 * members, max_keepalive_connections=2 * members),

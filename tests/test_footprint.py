@@ -1,13 +1,21 @@
 """What a serving process loads: not the simulator, not FastAPI or the operator API until asked,
-not the Redis client without Redis. Each check runs in a fresh interpreter."""
+not the Redis client without Redis (each checked in a fresh interpreter); and one TLS context
+for its two HTTP clients."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
+import certifi
+import httpx
+import pytest
+
 from federation_redirect import cli
+from federation_redirect.app import create_app
+from federation_redirect.config import load_config
 
 CONFIG = Path(__file__).resolve().parent.parent / "config" / "mybinder.yaml"
 
@@ -73,3 +81,28 @@ create_app(config, run_health_checks=False)
 print("redis" in sys.modules, "fastapi" in sys.modules)
 """
     assert run(program).split() == ["True", "False"]
+
+
+def test_the_health_checks_and_the_proxy_share_one_tls_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = load_config(CONFIG)
+
+    def contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        app = create_app(config, run_health_checks=False)
+        engine_transport = app.engine.client._transport
+        proxy_transport = app.proxy.client._transport  # type: ignore[attr-defined]
+        assert isinstance(engine_transport, httpx.AsyncHTTPTransport)
+        assert isinstance(proxy_transport, httpx.AsyncHTTPTransport)
+        return engine_transport._pool._ssl_context, proxy_transport._pool._ssl_context
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    checks, proxy = contexts()
+    assert checks is proxy
+    assert checks.verify_mode is ssl.CERT_REQUIRED and checks.check_hostname
+    # The proxy's client honours the environment's CA bundle, the checks' never did.
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    checks, proxy = contexts()
+    assert checks is not proxy
+    assert proxy.verify_mode is ssl.CERT_REQUIRED

@@ -11,10 +11,10 @@ members were sent each repository, so that a repository keeps going where its im
 
 Costs: :meth:`LoadTracker.record` and every read are O(1) dict operations (a read returns the
 per-repository mapping it keeps, not a copy). Memory is bounded: counts are bucketed by time
-and dropped by :meth:`expire` once out of their window, and the warm memory holds at most
-``max_warm_keys`` repositories (past that, the oldest bucket is forgotten early). Time is
-passed in (``now``, seconds on any monotonic clock), so the simulator replays traces through
-the same code.
+and dropped by :meth:`expire` once out of their window, and the per-repository counts and the
+warm memory hold at most ``max_repo_keys`` and ``max_warm_keys`` repositories (past that, the
+oldest bucket is forgotten early). Time is passed in (``now``, seconds on any monotonic clock),
+so the simulator replays traces through the same code.
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ __all__ = ["LoadTracker"]
 _EMPTY: Mapping[str, int] = {}
 _EMPTY_WARM: Mapping[str, float] = {}
 
-# Repositories remembered as warm somewhere: a day of mybinder.org launches has about 1,600
-# distinct repositories (1,576 on 2021-11-01), so this only bites under a flood of new URLs.
+# Repositories remembered as warm somewhere, and counted in the session window: a day of
+# mybinder.org launches has about 1,600 distinct repositories (1,576 on 2021-11-01), so these
+# only bite under a flood of new URLs, which then costs at most about 45 MiB (about 450 bytes
+# a repository) instead of growing with the flood. Past either, the oldest launches are
+# forgotten early.
 MAX_WARM_KEYS = 50_000
+MAX_REPO_KEYS = 50_000
 
 
 class LoadTracker:
@@ -43,6 +47,7 @@ class LoadTracker:
         warm_seconds: float = 6 * 3600,
         bucket_seconds: float = 10,
         max_warm_keys: int = MAX_WARM_KEYS,
+        max_repo_keys: int = MAX_REPO_KEYS,
     ) -> None:
         self.session_seconds = session_seconds
         self.report_seconds = report_seconds
@@ -51,6 +56,7 @@ class LoadTracker:
         # warm memory is bucketed coarser: it spans hours
         self.warm_bucket_seconds = max(bucket_seconds, warm_seconds / 36)
         self.max_warm_keys = max_warm_keys
+        self.max_repo_keys = max_repo_keys
         self._since: dict[str, int] = {}
         self._since_total = 0
         self._since_buckets: dict[str, deque[list[int]]] = {}
@@ -106,13 +112,15 @@ class LoadTracker:
         else:
             since.append([bucket, count])
         repo = self._repo_buckets
+        counts = self._repo.get(key)
+        if counts is None:
+            while len(self._repo) >= self.max_repo_keys and repo:
+                self._forget_repo_bucket()
+            counts = self._repo[key] = {}
+        counts[member] = counts.get(member, 0) + count
         if not repo or repo[-1][0] != bucket:
             repo.append((bucket, Counter()))
         repo[-1][1][member, key] += count
-        counts = self._repo.get(key)
-        if counts is None:
-            counts = self._repo[key] = {}
-        counts[member] = counts.get(member, 0) + count
         self._warm_add(member, key, now)
 
     def _warm_add(self, member: str, key: str, now: float) -> None:
@@ -169,19 +177,23 @@ class LoadTracker:
         session_cut = int((now - self.session_seconds) // self.bucket_seconds)
         repo = self._repo_buckets
         while repo and repo[0][0] < session_cut:
-            for (member, key), n in repo.popleft()[1].items():
-                counts = self._repo[key]
-                left = counts[member] - n
-                if left > 0:
-                    counts[member] = left
-                else:
-                    del counts[member]
-                    if not counts:
-                        del self._repo[key]
+            self._forget_repo_bucket()
         warm_cut = int((now - self.warm_seconds) // self.warm_bucket_seconds)
         buckets = self._warm_buckets
         while buckets and buckets[0][0] < warm_cut:
             self._warm_forget(buckets.popleft()[1], now)
+
+    def _forget_repo_bucket(self) -> None:
+        """Drop the oldest bucket of per-repository counts."""
+        for (member, key), n in self._repo_buckets.popleft()[1].items():
+            counts = self._repo[key]
+            left = counts[member] - n
+            if left > 0:
+                counts[member] = left
+            else:
+                del counts[member]
+                if not counts:
+                    del self._repo[key]
 
     def tracked_repositories(self) -> int:
         """How many (member, repository) pairs are being counted (for metrics and tests)."""

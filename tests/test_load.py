@@ -112,3 +112,18 @@ def test_the_total_is_the_sum_of_every_members_launches_since_its_report() -> No
     assert loads.total_launches() == loads.launches("a") + loads.launches("c")
     loads.expire(1000.0)
     assert loads.total_launches() == 0
+
+
+def test_per_repository_counts_are_bounded_under_a_flood_of_new_repositories() -> None:
+    loads = LoadTracker(session_seconds=1200, max_repo_keys=1000)
+    for i in range(20000):  # 20,000 new repositories within one session window
+        loads.record("a", f"gh:o/r{i}", i * 0.05)
+    assert loads.tracked_repositories() <= 1000
+    assert loads.repo_launches("a", "gh:o/r19999") == 1
+    assert loads.launches("a") == 20000  # the member's own total is never cut short
+    burst = LoadTracker(max_repo_keys=1000)
+    for i in range(5000):  # all within one 10 s bucket
+        burst.record("a", f"gh:o/r{i}", 0.0)
+    assert burst.tracked_repositories() <= 1000
+    burst.expire(10**5)
+    assert burst.tracked_repositories() == 0

@@ -12,9 +12,10 @@ server's own :class:`~federation_redirect.registry.Registry` (every member healt
 active).
 
 For each number of members, and after ``S`` distinct repositories have been *seen* (each
-launched once: recorded in the tracker, its session counts kept; then the members report, so
-no load bound is active; and the last ``2 x`` ranking-cache capacity of them routed, so the
-cache is full and has turned over), it times, one call at a time:
+launched once: recorded in the tracker, which keeps the session counts of up to its bound of
+repositories, ``tracked`` below; then the members report, so no load bound is active; and
+the last ``2 x`` ranking-cache capacity of them routed, so the cache is full and has turned
+over), it times, one call at a time:
 
 ``repeat``  a repository launched moments ago (one of 200 routed just before): the usual
             case, since a few repositories make most launches (its ranking is cached);

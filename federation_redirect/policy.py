@@ -401,12 +401,23 @@ def _bounded(snapshot: Snapshot, key: str, loads: Loads) -> Decision | None:
     sent = loads.repo_counts(key)
     order = table.ranker.order(key)
     warm = loads.warm(key)
+    # The common case first: the first-ranked member has room, and the repository is warm
+    # nowhere else and not spread (rules 2a and 2b would both choose it).
+    first = order[0]
+    name = names[first]
+    if (not warm or name in warm) and len(sent) <= 1 and sent.get(name, 0) < cap:
+        bound = math.ceil(scale * shares[first])
+        limit = limits[first]
+        if limit is not None and limit < bound:
+            bound = limit
+        if pods[first] + launches(name) < bound:
+            return table.hashed(first)
     view = _View(table, order, loads, sent, warm, scale, shares, cap)
     if warm:
         decision = view.warm_choice(params.balance_factor)
         if decision is not None:
             return decision
-    # the common case, inline: the first member in ranking order that has room
+    # the first member in ranking order that has room
     for rank, i in enumerate(order):
         bound = math.ceil(scale * shares[i])
         limit = limits[i]

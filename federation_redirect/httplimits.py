@@ -44,7 +44,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._in_head = True
+        self._in_head = True  # until the first request's head is complete
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
 
@@ -57,29 +57,26 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self._in_head:
-            super().data_received(data)
-            return
-        self._head_bytes += len(data)
-        # parse first: the head may end within this read and a body follow in it
+        in_head = self._in_head
+        # parse first: the head may end within this read and a body (or, pipelined, the
+        # next request) follow in it
         super().data_received(data)
-        if self._in_head:  # the head goes on past this read
+        if self._in_head:  # a head goes on past this read
+            self._head_bytes = (self._head_bytes if in_head else 0) + len(data)
             if self._head_bytes > self.max_head_bytes:
                 self._refuse(_TOO_LARGE)
             elif self._head_timer is None:
-                # a later request on a kept-alive connection; a whole head in one read (the
-                # usual case) costs no timer at all
+                # a head that arrives whole in one read (the usual case) costs no timer
                 self._arm()
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm()
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        self._in_head = True  # what comes next is the head of the next request
-        self._head_bytes = 0
-        super().on_message_complete()
 
     def _arm(self) -> None:
         self._head_timer = self.loop.call_later(self.head_timeout, self._timed_out)

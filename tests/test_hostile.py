@@ -39,7 +39,7 @@ from federation_redirect.app import FederationApp, create_app
 from federation_redirect.cli import _server_config
 from federation_redirect.config import Config, parse_config
 from federation_redirect.health import HealthEngine
-from federation_redirect.httplimits import bounded_http
+from federation_redirect.httplimits import BoundedHttpToolsProtocol, bounded_http
 from federation_redirect.models import HealthState
 from federation_redirect.registry import Registry
 from federation_redirect.types import Message, Receive, Scope, Send
@@ -859,6 +859,31 @@ async def bounded_server(max_head: int, timeout: float) -> AsyncIterator[int]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_head_that_arrives_in_one_read_arms_no_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    armed: list[object] = []
+    original = BoundedHttpToolsProtocol._arm
+
+    def counting_arm(self: BoundedHttpToolsProtocol) -> None:
+        armed.append(self)
+        original(self)
+
+    monkeypatch.setattr(BoundedHttpToolsProtocol, "_arm", counting_arm)
+    async with bounded_server(max_head=1024, timeout=5) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(50):
+            writer.write(f"GET /r{i} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+            await reader.readuntil(f"GET /r{i} 0".encode())
+        # one timer for the connection's opening, none per request
+        assert len(armed) == 1
+        writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n")  # a head that goes on
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        assert len(armed) == 2
+        writer.close()
 
 
 async def test_request_heads_are_bounded_in_size_and_time_but_bodies_and_keep_alive_are_not() -> (

@@ -64,12 +64,12 @@ class SetCookie:
     """:func:`set_cookie_header` for one ``max_age``, formatting the expiry date at most once
     a second (the same bytes for the same arguments)."""
 
-    __slots__ = ("_expires", "_second", "max_age")
+    __slots__ = ("_second", "_tails", "max_age")
 
     def __init__(self, max_age: int) -> None:
         self.max_age = max_age
         self._second: float | None = None
-        self._expires = ""
+        self._tails: tuple[str, str] = ("", "")  # the attributes after the value: plain, Secure
 
     def header(self, name: str, member: str, *, now: float, secure: bool) -> bytes:
         """The ``Set-Cookie`` value for cookie ``name`` naming ``member``, set at ``now``."""
@@ -80,12 +80,14 @@ class SetCookie:
         # ``at`` in [second, second + 0.999999); closer to the next second, format it afresh.
         if second is not None and second >= 0 and at - second < 0.999999:
             if second != self._second:
-                self._expires = formatdate(second, usegmt=True)
+                self._tails = _tails(formatdate(second, usegmt=True), max_age)
                 self._second = second
-            expires = self._expires
+            tails = self._tails
         else:
-            expires = formatdate(at, usegmt=True)
-        attrs = f"{name}={member}; Expires={expires}; Max-Age={max_age}{_ATTRS}"
-        if secure:
-            attrs += "; Secure"
-        return attrs.encode("ascii")
+            tails = _tails(formatdate(at, usegmt=True), max_age)
+        return f"{name}={member}{tails[secure]}".encode("ascii")
+
+
+def _tails(expires: str, max_age: int) -> tuple[str, str]:
+    plain = f"; Expires={expires}; Max-Age={max_age}{_ATTRS}"
+    return plain, plain + "; Secure"

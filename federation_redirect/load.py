@@ -19,7 +19,7 @@ so the simulator replays traces through the same code.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Mapping
 
 __all__ = ["LoadTracker"]
@@ -62,7 +62,7 @@ class LoadTracker:
         self._since_buckets: dict[str, deque[list[int]]] = {}
         # key -> member -> launches within the session window
         self._repo: dict[str, dict[str, int]] = {}
-        self._repo_buckets: deque[tuple[int, Counter[tuple[str, str]]]] = deque()
+        self._repo_buckets: deque[tuple[int, dict[tuple[str, str], int]]] = deque()
         # key -> member -> time of the last launch sent there (within warm_seconds)
         self._warm: dict[str, dict[str, float]] = {}
         self._warm_buckets: deque[tuple[int, set[str]]] = deque()
@@ -71,7 +71,7 @@ class LoadTracker:
         # ``sharing`` is on it is also put in the outbox that the store flushes.
         self.scale = 1
         self.sharing = False
-        self.outbox: Counter[tuple[str, str]] = Counter()
+        self.outbox: dict[tuple[str, str], int] = {}
 
     # -- policy.Loads -----------------------------------------------------------------------
 
@@ -95,7 +95,9 @@ class LoadTracker:
     def record(self, member: str, key: str, now: float) -> None:
         """One launch of ``key`` was sent to ``member`` at ``now``."""
         if self.sharing:
-            self.outbox[member, key] += 1
+            outbox = self.outbox
+            pair = (member, key)
+            outbox[pair] = outbox.get(pair, 0) + 1
         self.add(member, key, now, self.scale)
 
     def add(self, member: str, key: str, now: float, count: int = 1) -> None:
@@ -119,8 +121,10 @@ class LoadTracker:
             counts = self._repo[key] = {}
         counts[member] = counts.get(member, 0) + count
         if not repo or repo[-1][0] != bucket:
-            repo.append((bucket, Counter()))
-        repo[-1][1][member, key] += count
+            repo.append((bucket, {}))
+        counted = repo[-1][1]
+        pair = (member, key)
+        counted[pair] = counted.get(pair, 0) + count
         self._warm_add(member, key, now)
 
     def _warm_add(self, member: str, key: str, now: float) -> None:
@@ -152,9 +156,9 @@ class LoadTracker:
             if not warm:
                 del self._warm[key]
 
-    def drain(self) -> Counter[tuple[str, str]]:
+    def drain(self) -> dict[tuple[str, str], int]:
         """Take the launches recorded since the last drain (for the store to share)."""
-        out, self.outbox = self.outbox, Counter()
+        out, self.outbox = self.outbox, {}
         return out
 
     def reported(self, member: str) -> None:

@@ -71,7 +71,8 @@ class LoadTracker:
         # ``sharing`` is on it is also put in the outbox that the store flushes.
         self.scale = 1
         self.sharing = False
-        self.outbox: dict[tuple[str, str], int] = {}
+        # member -> repository -> launches: the shape the store publishes as it is
+        self.outbox: dict[str, dict[str, int]] = {}
 
     # -- policy.Loads -----------------------------------------------------------------------
 
@@ -95,9 +96,10 @@ class LoadTracker:
     def record(self, member: str, key: str, now: float) -> None:
         """One launch of ``key`` was sent to ``member`` at ``now``."""
         if self.sharing:
-            outbox = self.outbox
-            pair = (member, key)
-            outbox[pair] = outbox.get(pair, 0) + 1
+            counts = self.outbox.get(member)
+            if counts is None:
+                counts = self.outbox[member] = {}
+            counts[key] = counts.get(key, 0) + 1
         self.add(member, key, now, self.scale)
 
     def add(self, member: str, key: str, now: float, count: int = 1) -> None:
@@ -156,8 +158,9 @@ class LoadTracker:
             if not warm:
                 del self._warm[key]
 
-    def drain(self) -> dict[tuple[str, str], int]:
-        """Take the launches recorded since the last drain (for the store to share)."""
+    def drain(self) -> dict[str, dict[str, int]]:
+        """Take the launches recorded since the last drain, per member and repository (for
+        the store to share)."""
         out, self.outbox = self.outbox, {}
         return out
 

@@ -8,6 +8,7 @@ separate processes where the point is two processes); members are fake BinderHub
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import yaml
 
 from federation_redirect.app import FederationApp, create_app
@@ -209,6 +211,34 @@ async def test_launch_counts_are_shared_between_replicas(replicas: Replicas) -> 
         1.0,
         "b counts a's launches",
     )
+
+
+async def test_launch_counts_in_either_wire_format_are_read_and_bad_entries_ignored(
+    replicas: Replicas,
+) -> None:
+    (b, _) = await replicas.add()
+    await replicas.all_healthy()
+    store = b.store
+    assert isinstance(store, RedisStore)
+    publisher = aioredis.from_url(replicas.redis.url, decode_responses=True)
+    alpha, beta = NAMES[0], NAMES[1]
+    current = {"kind": "load", "members": {alpha: {"gh:o/x": 3, "gh:o/bad": -1}, "nobody": {}}}
+    legacy = {"kind": "load", "launches": [[beta, "gh:o/y", 2], ["nobody", "gh:o/z", 5], [beta]]}
+    try:
+        for event in (current, legacy):
+            await publisher.publish(store.channel, "another-replica\n" + json.dumps(event))
+    finally:
+        await publisher.aclose()
+    loads = b.registry.loads
+    await eventually(
+        lambda: (
+            loads.repo_launches(alpha, "gh:o/x") == 3 and loads.repo_launches(beta, "gh:o/y") == 2
+        ),
+        2.0,
+        "b reads both formats",
+    )
+    assert loads.repo_launches(alpha, "gh:o/bad") == 0
+    assert loads.launches(alpha) == 3 and loads.launches(beta) == 2
 
 
 async def test_redis_outage_costs_no_launch_and_replicas_converge_after_it(

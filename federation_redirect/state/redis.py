@@ -20,8 +20,11 @@ How replicas agree:
   others apply it to their registries. If it dies, the lock expires and the next replica to
   try (every third of the TTL) takes over, its engine starting from the shared state.
 * **Load**: each replica publishes the launches it sent since the last flush (at most every
-  ``flush_seconds``); the others add them to their load trackers. The hot path only counts
-  into the local tracker.
+  ``flush_seconds``) as ``{"kind": "load", "members": {member: {repository: count}}}``, the
+  shape its tracker's outbox already has, so publishing runs no loop per launch; the others
+  add them to their load trackers (and still read the ``"launches": [[member, repository,
+  count], ...]`` of replicas from before 2026-11). The hot path only counts into the local
+  tracker.
 
 When Redis is down or unreachable: routing goes on from the last snapshot; every replica runs
 the health checks itself; each local launch counts as many times as there were replicas last
@@ -374,12 +377,22 @@ class RedisStore:
                 self.registry.set_reference_versions(reference)
         elif kind == "load":
             now = self.clock()
-            for item in event.get("launches", []):
+            hosts = self.registry.config.hosts
+            members = event.get("members")
+            if isinstance(members, dict):
+                for member, counts in members.items():
+                    if member in hosts and isinstance(counts, dict):
+                        for key, n in counts.items():
+                            if type(n) is int and n > 0:
+                                self.loads.add(member, key, now, n)
+            # [[member, repository, count], ...]: what replicas before 2026-11 publish
+            for item in event.get("launches", ()):
                 if (
                     isinstance(item, list)
                     and len(item) == 3
-                    and item[0] in self.registry.config.hosts
-                    and isinstance(item[2], int)
+                    and item[0] in hosts
+                    and type(item[2]) is int
+                    and item[2] > 0
                 ):
                     self.loads.add(item[0], str(item[1]), now, item[2])
 
@@ -428,8 +441,8 @@ class RedisStore:
                 await pipe.execute()
         launches = self.loads.drain()
         if launches:
-            items = [[m, k, n] for (m, k), n in launches.items()]
-            await self._publish({"kind": "load", "launches": items})
+            # member -> repository -> count, encoded as it is (no per-launch Python loop)
+            await self._publish({"kind": "load", "members": launches})
 
     def _reported(self, name: str, report: HealthReport) -> None:
         # Registry listener: runs for our own engine's reports and for applied remote ones;

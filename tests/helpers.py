@@ -14,6 +14,18 @@ from federation_redirect.models import Capacity, HealthReport, HealthState
 from federation_redirect.registry import Registry
 from federation_redirect.types import ASGIApp, Message
 
+# Health-check settings for tests against live members: rounds of a few tenths of a second.
+FAST_CHECKS: dict[str, Any] = {
+    "period": 0.3,
+    "jitter": 0.1,
+    "timeout": 0.5,
+    "retries": 2,
+    "failed_period": 1,
+    "fast_period": 0.05,
+    "min_backoff": 0.05,
+    "max_backoff": 0.2,
+}
+
 
 @dataclass
 class Answer:

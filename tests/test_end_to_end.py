@@ -16,18 +16,7 @@ from federation_redirect.config import parse_config
 from federation_redirect.models import HealthState
 from federation_redirect.testing import RunningMember, start_member
 
-from .helpers import ServedApp
-
-FAST_CHECKS = {
-    "period": 0.3,
-    "jitter": 0.1,
-    "timeout": 0.5,
-    "retries": 2,
-    "failed_period": 1,
-    "fast_period": 0.05,
-    "min_backoff": 0.05,
-    "max_backoff": 0.2,
-}
+from .helpers import FAST_CHECKS, ServedApp
 
 
 @dataclass

@@ -30,17 +30,9 @@ from federation_redirect.registry import Registry
 from federation_redirect.testing import DEFAULT_VERSIONS, RunningMember, start_member
 
 from .conftest import StartFake
+from .helpers import FAST_CHECKS
 
-FAST: dict[str, Any] = {
-    "period": 0.3,
-    "timeout": 0.3,
-    "jitter": 0.1,
-    "retries": 3,
-    "fast_period": 0.05,
-    "min_backoff": 0.05,
-    "max_backoff": 0.2,
-    "failed_period": 1,
-}
+FAST = {**FAST_CHECKS, "timeout": 0.3, "retries": 3}
 OTHER_VERSIONS = {**DEFAULT_VERSIONS, "binderhub": "1.1.0+7.gdef"}
 
 

@@ -31,18 +31,8 @@ from federation_redirect.testing import DEFAULT_VERSIONS, RunningMember
 from federation_redirect.versions import VersionPolicy
 
 from .conftest import StartFake
-from .helpers import ServedApp
+from .helpers import FAST_CHECKS, ServedApp
 
-CHECKS: dict[str, Any] = {
-    "period": 0.3,
-    "jitter": 0.1,
-    "timeout": 0.5,
-    "retries": 2,
-    "failed_period": 1,
-    "fast_period": 0.05,
-    "min_backoff": 0.05,
-    "max_backoff": 0.2,
-}
 NAMES = ("alpha", "beta", "gamma")  # alpha: prime; alpha and beta serve the home page
 V1 = dict(DEFAULT_VERSIONS)
 V2 = {**V1, "binderhub": "1.1.0+3.gdef", "builder": "quay.io/jupyterhub/repo2docker:2025.01.0"}
@@ -119,7 +109,7 @@ async def federation(
                 }
                 for name, m in members.items()
             },
-            "check": {**CHECKS, **(check or {})},
+            "check": {**FAST_CHECKS, **(check or {})},
             **top,
         }
     )
@@ -148,7 +138,7 @@ async def test_healthy_but_cannot_launch(start_fake: StartFake) -> None:
             "hosts": {
                 name: {"url": m.url, "prime": name == "alpha"} for name, m in members.items()
             },
-            "check": CHECKS,
+            "check": FAST_CHECKS,
             "outcomes": {
                 "scrape_period": 0.2,
                 "window_minutes": 0.1,
@@ -213,7 +203,7 @@ async def test_stale_reference_version_during_a_rolling_upgrade(start_fake: Star
 
         fed.members["beta"].set_versions(V2)  # beta's turn; gamma is left behind
         await until(lambda: "gamma" in ejected, grace + 2, "gamma ejected after the window")
-        period = CHECKS["period"] * (1 + CHECKS["jitter"] / 2)
+        period = FAST_CHECKS["period"] * (1 + FAST_CHECKS["jitter"] / 2)
         assert grace - 0.1 <= ejected["gamma"] <= grace + period + 1
         assert registry.reported("gamma").reason == "versions"
         assert "beta" not in ejected

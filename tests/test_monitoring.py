@@ -39,7 +39,7 @@ from federation_redirect.app import create_app
 from federation_redirect.config import parse_config
 from federation_redirect.testing import RunningMember, start_member
 
-from .helpers import ServedApp
+from .helpers import FAST_CHECKS, ServedApp
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "k8s" / "monitoring"
@@ -186,16 +186,7 @@ def load_rules() -> dict[str, Any]:
 
 # -- a live redirector -------------------------------------------------------------------------
 
-FAST_CHECKS = {
-    "period": 0.2,
-    "jitter": 0.1,
-    "timeout": 0.5,
-    "retries": 1,
-    "failed_period": 1,
-    "fast_period": 0.05,
-    "min_backoff": 0.05,
-    "max_backoff": 0.2,
-}
+CHECKS = {**FAST_CHECKS, "period": 0.2, "retries": 1}
 
 
 async def _scrape_after_traffic() -> str:
@@ -213,7 +204,7 @@ async def _scrape_after_traffic() -> str:
                 "hosts": {
                     m.name: {"url": m.url, "weight": 1, "prime": m.name == "alpha"} for m in members
                 },
-                "check": FAST_CHECKS,
+                "check": CHECKS,
             }
         )
         app = create_app(config)

@@ -32,18 +32,9 @@ from federation_redirect.state.redis import RedisStore
 from federation_redirect.testing import RunningMember
 
 from .conftest import StartFake
-from .helpers import ServedApp
+from .helpers import FAST_CHECKS, ServedApp
 
-CHECKS = {
-    "period": 0.4,
-    "jitter": 0.1,
-    "timeout": 0.5,
-    "retries": 2,
-    "failed_period": 1,
-    "fast_period": 0.05,
-    "min_backoff": 0.05,
-    "max_backoff": 0.2,
-}
+CHECKS = {**FAST_CHECKS, "period": 0.4}
 NAMES = ("alpha", "beta", "gamma")
 
 

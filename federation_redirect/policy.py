@@ -401,8 +401,9 @@ def _bounded(snapshot: Snapshot, key: str, loads: Loads) -> Decision | None:
     sent = loads.repo_counts(key)
     order = table.ranker.order(key)
     warm = loads.warm(key)
-    # The common case first: the first-ranked member has room, and the repository is warm
-    # nowhere else and not spread (rules 2a and 2b would both choose it).
+    # The common case first, inline (it is every launch's hot path; _View.bound and
+    # _View.load are the same computations): the first-ranked member has room, and the
+    # repository is warm nowhere else and not spread (rules 2a and 2b would both choose it).
     first = order[0]
     name = names[first]
     if (not warm or name in warm) and len(sent) <= 1 and sent.get(name, 0) < cap:
@@ -417,13 +418,9 @@ def _bounded(snapshot: Snapshot, key: str, loads: Loads) -> Decision | None:
         decision = view.warm_choice(params.balance_factor)
         if decision is not None:
             return decision
-    # the first member in ranking order that has room
+    # rule 2b: the first member in ranking order that has room
     for rank, i in enumerate(order):
-        bound = math.ceil(scale * shares[i])
-        limit = limits[i]
-        if limit is not None and limit < bound:
-            bound = limit
-        if pods[i] + launches(names[i]) < bound and (not sent or sent.get(names[i], 0) < cap):
+        if view.load(i) < view.bound(i) and sent.get(names[i], 0) < cap:
             return view.ranked(i, rank)
     return view.saturated()
 

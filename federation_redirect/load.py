@@ -19,6 +19,7 @@ so the simulator replays traces through the same code.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping
 
@@ -134,8 +135,9 @@ class LoadTracker:
             return
         warm = self._warm.get(key)
         if warm is None:
-            if len(self._warm) >= self.max_warm_keys and self._warm_buckets:
-                self._warm_forget(self._warm_buckets.popleft()[1], now)
+            while len(self._warm) >= self.max_warm_keys and self._warm_buckets:
+                # forgotten early, however recent: memory stays bounded under a flood
+                self._warm_forget(self._warm_buckets.popleft()[1], before=math.inf)
             warm = self._warm[key] = {}
         warm[member] = now
         bucket = int(now // self.warm_bucket_seconds)
@@ -144,16 +146,13 @@ class LoadTracker:
             buckets.append((bucket, set()))
         buckets[-1][1].add(key)
 
-    def _warm_forget(self, keys: set[str], now: float) -> None:
-        """Forget the warm entries of ``keys`` older than the warm window (or all of them,
-        when their bucket is dropped early to stay under ``max_warm_keys``)."""
-        early = len(self._warm) >= self.max_warm_keys
-        cut = now - self.warm_seconds
+    def _warm_forget(self, keys: set[str], *, before: float) -> None:
+        """Forget the warm entries of ``keys`` last sent before ``before``."""
         for key in keys:
             warm = self._warm.get(key)
             if warm is None:
                 continue
-            for member in [m for m, t in warm.items() if early or t < cut]:
+            for member in [m for m, t in warm.items() if t < before]:
                 del warm[member]
             if not warm:
                 del self._warm[key]
@@ -188,7 +187,7 @@ class LoadTracker:
         warm_cut = int((now - self.warm_seconds) // self.warm_bucket_seconds)
         buckets = self._warm_buckets
         while buckets and buckets[0][0] < warm_cut:
-            self._warm_forget(buckets.popleft()[1], now)
+            self._warm_forget(buckets.popleft()[1], before=now - self.warm_seconds)
 
     def _forget_repo_bucket(self) -> None:
         """Drop the oldest bucket of per-repository counts."""

@@ -127,3 +127,12 @@ def test_per_repository_counts_are_bounded_under_a_flood_of_new_repositories() -
     assert burst.tracked_repositories() <= 1000
     burst.expire(10**5)
     assert burst.tracked_repositories() == 0
+
+
+def test_expiring_at_the_warm_bound_keeps_repositories_warmed_again_since() -> None:
+    loads = LoadTracker(warm_seconds=6 * 3600, max_warm_keys=2)
+    loads.record("a", "gh:o/x", 0.0)
+    loads.record("a", "gh:o/y", 0.0)  # the warm memory is now at its bound
+    loads.record("b", "gh:o/x", 5 * 3600.0)  # x warmed again, on b
+    loads.expire(7 * 3600.0)  # the first bucket is out of the window
+    assert set(loads.warm("gh:o/x")) == {"b"} and loads.warm("gh:o/y") == {}

@@ -162,29 +162,12 @@ def lower_bound(workload: Workload, capacity: int, cache_seconds: float) -> tupl
     return refused, cold
 
 
-def churn_split(bench: Bench, name: str, outage: str) -> tuple[int, int]:
-    """Knock-on moves of single-home repositories (those the undisturbed day sent to one
-    member from the outage on) after ``outage`` of run ``name``: during the outage, of
-    repositories of other members; after it and its slow start, of any repository."""
-    o = parse_outage(outage)
-    day = bench.results["day seed 1"]
-    w = day.workload
-    base = day.policies["bounded"].chosen
-    moved = bench.results[name].policies["bounded"].chosen
-    start, end = o.start_min * 60, o.end_min * 60 + bench.config.routing.slow_start_seconds
-    homes: dict[str, set[str]] = {}
-    for i, t in enumerate(w.times):
-        if t >= start:
-            homes.setdefault(w.keys[i], set()).add(base[i])
-    during = after = 0
-    for i, t in enumerate(w.times):
-        if t < start or base[i] == moved[i] or len(homes[w.keys[i]]) != 1:
-            continue
-        if t < o.end_min * 60:
-            during += base[i] != o.member
-        elif t >= end:
-            after += 1
-    return during, after
+def churn_split(bench: Bench, name: str) -> tuple[int, int]:
+    """Knock-on moves of single-home repositories in run ``name``: while its outage was on
+    (repositories of other members), and after it."""
+    churn = bench.results[name].policies["bounded"].churn
+    assert churn is not None
+    return churn.homed_while_out, churn.other_homed - churn.homed_while_out
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -269,8 +252,8 @@ def targets(bench: Bench, seeds: list[int]) -> list[Target]:
             refused["bounded"] == 0 and refused["rendezvous"] > 0,
         )
     )
-    during, after = churn_split(bench, "failure", FAIL)
-    _, after_control = churn_split(bench, "failure control", CONTROL)
+    during, after = churn_split(bench, "failure")
+    _, after_control = churn_split(bench, "failure control")
     out.append(
         Target(
             "failure: while hetzner-gesis is out, bounded moves only its repositories",

@@ -367,7 +367,8 @@ class Churn:
     effects of load, split by what the run without events did with the repository within
     the window: ``other_homed`` if it sent all its launches to one member (a sticky
     repository that moved), ``other_spread`` if it spread them over several (a popular
-    repository, placed by load anyway, and warm wherever it goes).
+    repository, placed by load anyway, and warm wherever it goes). ``homed_while_out``: the
+    part of ``other_homed`` moved while a ``--fail`` outage was on (the rest moved after).
     ``repositories_fraction``: of the repositories launched in the window, those with at
     least one launch moved.
     """
@@ -379,6 +380,7 @@ class Churn:
     other_homed: int
     other_spread: int
     repositories_fraction: float
+    homed_while_out: int = 0
 
     @property
     def moved_fraction(self) -> float:
@@ -506,6 +508,7 @@ class ChurnJSON(TypedDict):
     other_homed: int
     other_spread: int
     repositories_fraction: float
+    homed_while_out: int
 
 
 class DegradedJSON(TypedDict):
@@ -605,6 +608,7 @@ def _policy_json(r: PolicyResult) -> PolicyJSON:
             "other_homed": churn.other_homed,
             "other_spread": churn.other_spread,
             "repositories_fraction": churn.repositories_fraction,
+            "homed_while_out": churn.homed_while_out,
         },
         "reasons": dict(sorted(r.reasons.items())),
         "members": {
@@ -1006,7 +1010,7 @@ def _churn(
     homes: dict[str, set[str]] = {}
     for i in window:
         homes.setdefault(workload.keys[i], set()).add(baseline[i])
-    moved = expected = ramp = homed = 0
+    moved = expected = ramp = homed = homed_while_out = 0
     moved_repos: set[str] = set()
     for i in window:
         before, after = baseline[i], changed[i]
@@ -1036,6 +1040,8 @@ def _churn(
             ramp += 1
         elif len(homes[key]) == 1:
             homed += 1
+            if any(o.start_min * 60 <= t < o.end_min * 60 for o in options.outages):
+                homed_while_out += 1
     return Churn(
         window_launches=len(window),
         moved=moved,
@@ -1044,6 +1050,7 @@ def _churn(
         other_homed=homed,
         other_spread=moved - expected - ramp - homed,
         repositories_fraction=len(moved_repos) / len(homes) if homes else 0.0,
+        homed_while_out=homed_while_out,
     )
 
 

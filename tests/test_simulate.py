@@ -25,6 +25,8 @@ from federation_redirect.simulate import (
     Outage,
     ScenarioError,
     WeightChange,
+    Workload,
+    _churn,
     format_report,
     parse_degradation,
     parse_outage,
@@ -172,6 +174,23 @@ def test_moved_fraction_counts_only_the_failed_members_repositories_while_it_is_
         assert churn.slow_start == churn.other_homed == churn.other_spread == 0
         assert churn.moved_fraction == pytest.approx(len(on_b) / len(window))
         assert hit.members["b"].launches < base.members["b"].launches
+
+
+def test_knock_on_moves_of_sticky_repositories_are_split_at_the_end_of_the_outage() -> None:
+    minutes = (10, 25, 30, 50, 55)
+    workload = Workload(
+        midnight=0.0,
+        times=tuple(m * 60.0 for m in minutes),
+        keys=("gh:o/k",) * 5,
+        durations=(60.0,) * 5,
+        demand=(1,) * 5,
+        minute_rounded=False,
+    )
+    options = Options(outages=(Outage("b", 20, 40),))
+    baseline = ("a",) * 5  # k lives on a; b, the failed member, never had it
+    changed = ("a", "c", "a", "c", "c")  # moved once while b was out, twice after
+    churn = _churn(workload, options, 0.0, baseline, changed)
+    assert (churn.expected, churn.other_homed, churn.homed_while_out) == (0, 3, 1)
 
 
 def test_slow_start_moves_are_counted_apart() -> None:

@@ -61,9 +61,13 @@ class LoadTracker:
         self._since: dict[str, int] = {}
         self._since_total = 0
         self._since_buckets: dict[str, deque[list[int]]] = {}
-        # key -> member -> launches within the session window
+        # key -> member -> launches within the session window, expired in buckets of a
+        # twentieth of it (the window's edge is a minute late at most, by default): a bucket
+        # holds every repository launched in it, so fewer buckets keep less memory under load
+        self.repo_bucket_seconds = max(bucket_seconds, session_seconds / 20)
         self._repo: dict[str, dict[str, int]] = {}
-        self._repo_buckets: deque[tuple[int, dict[tuple[str, str], int]]] = deque()
+        # (bucket, member -> key -> launches): no (member, key) tuple per launch
+        self._repo_buckets: deque[tuple[int, dict[str, dict[str, int]]]] = deque()
         # key -> member -> time of the last launch sent there (within warm_seconds)
         self._warm: dict[str, dict[str, float]] = {}
         self._warm_buckets: deque[tuple[int, set[str]]] = deque()
@@ -123,11 +127,13 @@ class LoadTracker:
                 self._forget_repo_bucket()
             counts = self._repo[key] = {}
         counts[member] = counts.get(member, 0) + count
-        if not repo or repo[-1][0] != bucket:
-            repo.append((bucket, {}))
-        counted = repo[-1][1]
-        pair = (member, key)
-        counted[pair] = counted.get(pair, 0) + count
+        repo_bucket = int(now // self.repo_bucket_seconds)
+        if not repo or repo[-1][0] != repo_bucket:
+            repo.append((repo_bucket, {}))
+        counted = repo[-1][1].get(member)
+        if counted is None:
+            counted = repo[-1][1][member] = {}
+        counted[key] = counted.get(key, 0) + count
         self._warm_add(member, key, now)
 
     def _warm_add(self, member: str, key: str, now: float) -> None:
@@ -180,7 +186,7 @@ class LoadTracker:
             if not since:
                 del self._since_buckets[member]
                 self._since_total -= self._since.pop(member, 0)
-        session_cut = int((now - self.session_seconds) // self.bucket_seconds)
+        session_cut = int((now - self.session_seconds) // self.repo_bucket_seconds)
         repo = self._repo_buckets
         while repo and repo[0][0] < session_cut:
             self._forget_repo_bucket()
@@ -191,15 +197,17 @@ class LoadTracker:
 
     def _forget_repo_bucket(self) -> None:
         """Drop the oldest bucket of per-repository counts."""
-        for (member, key), n in self._repo_buckets.popleft()[1].items():
-            counts = self._repo[key]
-            left = counts[member] - n
-            if left > 0:
-                counts[member] = left
-            else:
-                del counts[member]
-                if not counts:
-                    del self._repo[key]
+        repo = self._repo
+        for member, counted in self._repo_buckets.popleft()[1].items():
+            for key, n in counted.items():
+                counts = repo[key]
+                left = counts[member] - n
+                if left > 0:
+                    counts[member] = left
+                else:
+                    del counts[member]
+                    if not counts:
+                        del repo[key]
 
     def tracked_repositories(self) -> int:
         """How many (member, repository) pairs are being counted (for metrics and tests)."""

@@ -136,3 +136,14 @@ def test_expiring_at_the_warm_bound_keeps_repositories_warmed_again_since() -> N
     loads.record("b", "gh:o/x", 5 * 3600.0)  # x warmed again, on b
     loads.expire(7 * 3600.0)  # the first bucket is out of the window
     assert set(loads.warm("gh:o/x")) == {"b"} and loads.warm("gh:o/y") == {}
+
+
+def test_per_repository_counts_expire_a_twentieth_of_the_session_window_at_a_time() -> None:
+    loads = tracker()  # 1200 s window: 60 s buckets
+    loads.record("a", "gh:o/r", 0.0)
+    loads.record("a", "gh:o/r", 59.0)
+    loads.record("a", "gh:o/r", 60.0)
+    loads.expire(1259.0)
+    assert loads.repo_launches("a", "gh:o/r") == 3
+    loads.expire(1260.0)  # the first minute is out, both of its launches at once
+    assert loads.repo_launches("a", "gh:o/r") == 1

@@ -61,12 +61,14 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,7 @@ TARGET_RATIO = 0.45
 TARGET_P99_US = 2000.0
 TARGET_RSS_MIB = 80.0
 SERVER_WARM_UP_S = 3.0
+ROUND_CASES = ("v2", "build", "cookie")
 TARGET_REDIS_SHARE = 0.90
 
 LUA = r"""
@@ -357,6 +360,7 @@ class Row:
     other_load: float = 0.0  # CPU used by processes that are not this benchmark's, in CPUs
     rss_mib: float = 0.0
     reasons: dict[str, float] = field(default_factory=dict)
+    samples: list[float] = field(default_factory=list)  # requests/s of each round
 
 
 @dataclass
@@ -366,6 +370,12 @@ class Saturation:
     errors: int
     p50_us: float
     p99_us: float
+    cpu_s: float = 0.0  # the server's CPU time over the run
+    other_load: float = 0.0  # CPUs used meanwhile by processes not of this benchmark
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.duration
 
 
 class Driver:
@@ -410,23 +420,23 @@ class Driver:
                 "--requests", str(requests), "--duration", str(duration), *extra]  # fmt: skip
         return json.loads(self.run(argv))
 
-    def measure(self, row: Row, port: int, pid: int, requests: Path) -> Row:
-        args = self.args
-        self.saturate(port, requests, 1.0)  # warm-up
+    def sample(self, port: int, pid: int, requests: Path, duration: float) -> Saturation:
+        """One saturation run, with the server's CPU time and the machine's other load."""
         machine0, own0, cpu0 = machine_busy(), own_busy(), cpu_seconds(pid)
         wall0 = time.monotonic()
-        sat = self.saturate(port, requests, args.duration)
-        cpu = cpu_seconds(pid) - cpu0
-        row.requests = sat.requests
-        row.errors = sat.errors
-        row.rps = sat.requests / sat.duration
-        row.p50_us = sat.p50_us
-        row.p99_us = sat.p99_us
-        row.cpu_us = cpu / max(sat.requests, 1) * 1e6
-        row.busy = cpu / sat.duration
-        # Below capacity, or the open-loop queue (and memory) would grow without end.
+        sat = self.saturate(port, requests, duration)
+        sat.cpu_s = cpu_seconds(pid) - cpu0
+        foreign = (machine_busy() - machine0) - (own_busy() - own0)
+        sat.other_load = max(0.0, foreign / (time.monotonic() - wall0))
+        return sat
+
+    def fixed(self, row: Row, port: int, requests: Path) -> None:
+        """Latency at a fixed offered rate (below capacity, or the open-loop queue and the
+        memory would grow without end)."""
         row.fixed_offered = min(FIXED_RATE, round(row.rps / 2, -2) or 100.0)
-        fixed = self.loadgen(port, requests, ["--rate", str(row.fixed_offered)], args.rate_duration)
+        fixed = self.loadgen(
+            port, requests, ["--rate", str(row.fixed_offered)], self.args.rate_duration
+        )
         latency = fixed["latency_us"]
         row.fixed_p50_us = latency["p50"]
         row.fixed_p99_us = latency["p99"]
@@ -434,10 +444,21 @@ class Driver:
         row.fixed_rate = fixed["rate"]
         row.fixed_errors = fixed["errors"]
         row.fixed_late = fixed["late_sends"] / max(fixed["requests"], 1)
-        foreign = (machine_busy() - machine0) - (own_busy() - own0)
-        row.other_load = max(0.0, foreign / (time.monotonic() - wall0))
-        row.rss_mib = peak_rss_kib(pid) / 1024
-        return row
+
+
+def summarise(row: Row, samples: list[Saturation]) -> Row:
+    """The row's saturation figures: the median of its rounds (the most loaded round's
+    ``other``)."""
+    row.samples = [round(s.rps) for s in samples]
+    row.requests = sum(s.requests for s in samples)
+    row.errors = sum(s.errors for s in samples)
+    row.rps = statistics.median(s.rps for s in samples)
+    row.p50_us = statistics.median(s.p50_us for s in samples)
+    row.p99_us = statistics.median(s.p99_us for s in samples)
+    row.cpu_us = statistics.median(s.cpu_s / max(s.requests, 1) * 1e6 for s in samples)
+    row.busy = statistics.median(s.cpu_s / s.duration for s in samples)
+    row.other_load = max(s.other_load for s in samples)
+    return row
 
 
 def redirect_counts(port: int) -> dict[str, float]:
@@ -516,6 +537,66 @@ def write_config(path: Path, members: dict[str, str]) -> Path:
     return path
 
 
+@dataclass
+class Server:
+    name: str  # "ceiling", "memory" or "redis"
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path | None = None
+    quiet_from: int = 0  # log lines before the load phases
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+class Reasons:
+    """How a redirector decided over some runs (from its ``/metrics``)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, float] = {}
+
+    def around(self, port: int, measure: Callable[[], Saturation]) -> Saturation:
+        before = redirect_counts(port)
+        sat = measure()
+        for reason, n in redirect_counts(port).items():
+            self.counts[reason] = self.counts.get(reason, 0.0) + n - before.get(reason, 0.0)
+        return sat
+
+    def shares(self) -> dict[str, float]:
+        total = sum(self.counts.values())
+        return {r: round(n / total, 4) for r, n in sorted(self.counts.items()) if total and n > 0}
+
+
+def start_servers(
+    args: argparse.Namespace, procs: Processes, config: Path, workdir: Path, cpu: int | None
+) -> tuple[list[Server], LocalRedis | None]:
+    """The ceiling and the redirectors, side by side on the server CPU."""
+    port = free_port()
+    ceiling = procs.start(
+        [sys.executable, str(HERE / "ceiling.py"), "--port", str(port)],
+        cpu=cpu,
+        priority=args.priority,
+    )
+    servers = [Server("ceiling", ceiling, port)]
+    redis = None
+    for store in ["memory"] if args.no_redis else ["memory", "redis"]:
+        port = free_port()
+        argv = [sys.executable, "-m", "federation_redirect", "serve", "--config",
+                str(config), "--port", str(port)]  # fmt: skip
+        if store == "redis":
+            redis = LocalRedis()
+            redis.start()
+            argv += ["--redis-url", redis.url]
+        log = workdir / f"{store}.log"
+        proc = procs.start(argv, cpu=cpu, stderr=log, priority=args.priority)
+        servers.append(Server(store, proc, port, log))
+    wait_for_port(servers[0].port)
+    for server in servers[1:]:
+        wait_http(server.port, "/readyz")
+    return servers, redis
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu: int | None = args.server_cpu
@@ -531,6 +612,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     procs = Processes()
     rows: list[Row] = []
     log_lines: dict[str, list[str]] = {}
+    redis: LocalRedis | None = None
     with tempfile.TemporaryDirectory(prefix="federation-redirect-bench-") as tmp:
         workdir = Path(tmp)
         files = request_files(workdir, args.repos)
@@ -548,61 +630,83 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 assert proc.stdout is not None
                 members[name] = proc.stdout.readline().decode().strip()
             config = write_config(workdir / "bench.yaml", members)
+            servers, redis = start_servers(args, procs, config, workdir, server_cpu)
+            ceiling, redirectors = servers[0], servers[1:]
+            for server in redirectors:
+                # A replica in production has run for days: fill its ranking cache, interned
+                # keys and launch counters before measuring anything.
+                print(f"{server.name}: warming up ...", file=sys.stderr)
+                driver.saturate(server.port, files["v2"], SERVER_WARM_UP_S)
+                for case in ROUND_CASES:
+                    check_answer(server.port, files[case], case)
+                assert server.log is not None
+                server.quiet_from = len(server.log.read_bytes().splitlines())
 
-            port = free_port()
-            ceiling = procs.start(
-                [sys.executable, str(HERE / "ceiling.py"), "--port", str(port)],
-                cpu=server_cpu,
-                priority=args.priority,
-            )
-            wait_for_port(port)
-            print("ceiling ...", file=sys.stderr)
-            rows.append(driver.measure(Row("v2", "ceiling"), port, ceiling.pid, files["v2"]))
-            procs.stop(ceiling)
+            driver.saturate(ceiling.port, files["v2"], 1.0)  # warm-up
+            # The redirect cases in interleaved rounds: the ceiling, then each case on each
+            # redirector (their order alternating), so that a drift of the machine's speed
+            # during the run falls on every server alike.
+            samples: dict[tuple[str, str], list[Saturation]] = {}
+            reasons: dict[tuple[str, str], Reasons] = {}
+            for n in range(args.rounds):
+                print(f"round {n + 1} of {args.rounds} ...", file=sys.stderr)
+                samples.setdefault(("v2", "ceiling"), []).append(
+                    driver.sample(ceiling.port, ceiling.pid, files["v2"], args.duration)
+                )
+                order = redirectors if n % 2 == 0 else redirectors[::-1]
+                for case in ROUND_CASES:
+                    for server in order:
+                        key = (case, server.name)
+                        counted = reasons.setdefault(key, Reasons())
+                        measure = partial(
+                            driver.sample, server.port, server.pid, files[case], args.duration
+                        )
+                        samples.setdefault(key, []).append(counted.around(server.port, measure))
+            by_name = {s.name: s for s in servers}
+            for (case, name), runs in samples.items():
+                server = by_name[name]
+                row = summarise(Row(case, name), runs)
+                if (case, name) in reasons:
+                    row.reasons = reasons[(case, name)].shares()
+                print(f"{name}: {case} at 2,000/s ...", file=sys.stderr)
+                driver.fixed(row, server.port, files[case])
+                row.rss_mib = peak_rss_kib(server.pid) / 1024
+                rows.append(row)
+            procs.stop(ceiling.proc)
 
-            stores = ["memory"] if args.no_redis else ["memory", "redis"]
-            for store in stores:
-                redis = LocalRedis() if store == "redis" else None
-                if redis is not None:
-                    redis.start()
-                port = free_port()
-                argv = [sys.executable, "-m", "federation_redirect", "serve", "--config",
-                        str(config), "--port", str(port)]  # fmt: skip
-                if redis is not None:
-                    argv += ["--redis-url", redis.url]
-                log = workdir / f"{store}.log"
-                server = procs.start(argv, cpu=server_cpu, stderr=log, priority=args.priority)
-                try:
-                    wait_http(port, "/readyz")
-                    # A replica in production has run for days: fill its ranking cache,
-                    # interned keys and launch counters before measuring anything.
-                    driver.saturate(port, files["v2"], SERVER_WARM_UP_S)
-                    quiet_from = len(log.read_bytes().splitlines())
-                    for case in ("v2", "build", "cookie", "bounded", "home"):
-                        print(f"{store}: {case} ...", file=sys.stderr)
-                        requests = files["v2" if case == "bounded" else case]
-                        if case == "bounded":
-                            set_quotas(members, port, SMALL_QUOTA)
-                        check_answer(port, requests, case)
-                        before = redirect_counts(port)
-                        row = driver.measure(Row(case, store), port, server.pid, requests)
-                        after = redirect_counts(port)
-                        total = sum(after.values()) - sum(before.values())
-                        row.reasons = {
-                            r: round((n - before.get(r, 0.0)) / total, 4)
-                            for r, n in sorted(after.items())
-                            if total and n > before.get(r, 0.0)
-                        }
-                        rows.append(row)
-                        if case == "bounded":
-                            set_quotas(members, port, BIG_QUOTA)
-                    log_lines[store] = log.read_text().splitlines()[quiet_from:]
-                finally:
-                    procs.stop(server)
-                    if redis is not None:
-                        redis.close()
+            # Bounds active, then the home page: no target, one run per redirector.
+            for case in ("bounded", "home"):
+                requests = files["v2" if case == "bounded" else case]
+                if case == "bounded":
+                    for server in redirectors:
+                        set_quotas(members, server.port, SMALL_QUOTA)
+                for server in redirectors:
+                    print(f"{server.name}: {case} ...", file=sys.stderr)
+                    check_answer(server.port, requests, case)
+                    driver.saturate(server.port, requests, 1.0)  # warm-up
+                    counted = Reasons()
+                    measure = partial(
+                        driver.sample, server.port, server.pid, requests, args.duration
+                    )
+                    sat = counted.around(server.port, measure)
+                    row = summarise(Row(case, server.name), [sat])
+                    row.reasons = counted.shares()
+                    driver.fixed(row, server.port, requests)
+                    row.rss_mib = peak_rss_kib(server.pid) / 1024
+                    rows.append(row)
+                if case == "bounded":
+                    for server in redirectors:
+                        set_quotas(members, server.port, BIG_QUOTA)
+            for server in redirectors:
+                assert server.log is not None
+                log_lines[server.name] = server.log.read_text().splitlines()[server.quiet_from :]
         finally:
             procs.stop_all()
+            if redis is not None:
+                redis.close()
+    server_order = ("ceiling", "memory", "redis")
+    case_order = ("v2", "build", "cookie", "bounded", "home")
+    rows.sort(key=lambda r: (server_order.index(r.server), case_order.index(r.case)))
     ceiling_rps = rows[0].rps
     for row in rows:
         row.ratio = row.rps / ceiling_rps if ceiling_rps else None
@@ -616,6 +720,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "settings": {
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "fixed_rate": FIXED_RATE,
             "fixed_duration_s": args.rate_duration,
             "connections": CONNECTIONS,
@@ -638,10 +743,18 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 # -- report -----------------------------------------------------------------------------------
 
 
+def spread(samples: list[float]) -> str:
+    """The lowest and highest requests/s of a row's rounds, in thousands."""
+    if len(samples) < 2:
+        return ""
+    return f"{min(samples) / 1e3:.1f}-{max(samples) / 1e3:.1f}"
+
+
 def table(result: dict[str, Any]) -> str:
     rows = [Row(**r) for r in result["rows"]]
     head = (
-        f"{'case':8} {'server':8} {'req/s':>8} {'x ceil':>6} {'p50 ms':>6} {'p99 ms':>6} "
+        f"{'case':8} {'server':8} {'req/s':>8} {'rounds k':>11} {'x ceil':>6} {'p50 ms':>6} "
+        f"{'p99 ms':>6} "
         f"{'us CPU':>6} {'busy':>4} {'fixed/s':>7} {'p50 ms':>6} {'p99 ms':>6} {'RSS MiB':>7} "
         f"{'other':>5}  decisions"
     )
@@ -649,15 +762,18 @@ def table(result: dict[str, Any]) -> str:
     for r in rows:
         reasons = " ".join(f"{k} {v:.0%}" for k, v in r.reasons.items())
         lines.append(
-            f"{r.case:8} {r.server:8} {r.rps:>8,.0f} {r.ratio or 0:>6.2f} {r.p50_us / 1e3:>6.2f} "
+            f"{r.case:8} {r.server:8} {r.rps:>8,.0f} {spread(r.samples):>11} "
+            f"{r.ratio or 0:>6.2f} {r.p50_us / 1e3:>6.2f} "
             f"{r.p99_us / 1e3:>6.2f} {r.cpu_us:>6.1f} {r.busy:>4.0%} {r.fixed_offered:>7,.0f} "
             f"{(r.fixed_p50_us or 0) / 1e3:>6.2f} {(r.fixed_p99_us or 0) / 1e3:>6.2f} "
             f"{r.rss_mib:>7.1f} {r.other_load:>5.2f}  {reasons}"
         )
     lines.append(
-        "p50/p99 at saturation from wrk (50 connections); fixed/s: the offered rate of the "
-        "open-loop run and its p50/p99; us CPU: server CPU per request; busy: its share of the "
-        "saturation run; other: CPUs used meanwhile by processes not of this benchmark"
+        "req/s, p50/p99 (from wrk, 50 connections), us CPU and busy: the median of the "
+        "rounds (rounds k: their lowest and highest req/s, in thousands); fixed/s: the offered "
+        "rate of the open-loop run and its p50/p99; us CPU: server CPU per request; busy: its "
+        "share of the saturation run; other: CPUs used meanwhile by processes not of this "
+        "benchmark (the most of any round)"
     )
     return "\n".join(lines)
 
@@ -698,7 +814,12 @@ def verdicts(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
-    parser.add_argument("--duration", type=float, default=4.0, help="saturation seconds (4)")
+    parser.add_argument(
+        "--duration", type=float, default=3.0, help="seconds of each saturation run (3)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of the redirect cases (3)"
+    )
     parser.add_argument("--rate-duration", type=float, default=3.0, help="fixed-rate seconds (3)")
     parser.add_argument("--repos", type=int, default=10_000, help="distinct repositories (10000)")
     parser.add_argument("--server-cpu", type=int, default=0)

@@ -45,10 +45,10 @@ from . import __version__
 from .app import CONFIG_ENV, DEFAULT_CONFIG, REDIS_ENV, create_app
 from .config import Config, load_config
 from .errors import ConfigError
-from .httplimits import bounded_http
 from .keys import repo_key
 from .models import HealthReport, HealthState, Snapshot
 from .policy import ranking, route
+from .protocol import front_door_http
 from .registry import Registry
 
 __all__ = ["main"]
@@ -251,7 +251,8 @@ def _server_config(config: Config, args: argparse.Namespace) -> uvicorn.Config:
         proxy_headers=True,  # the scheme decides the cookie's Secure flag
         forwarded_allow_ips=forwarded,
         loop="auto",  # uvloop when installed
-        http=bounded_http(MAX_HEADER_BYTES, HEADER_TIMEOUT_SECONDS),  # httptools, bounded
+        # httptools, request heads bounded, launches answered without ASGI's cycle
+        http=front_door_http(MAX_HEADER_BYTES, HEADER_TIMEOUT_SECONDS),
         lifespan="on",  # health checks run in the lifespan: a failed startup must stop us
         server_header=False,
         limit_concurrency=MAX_CONCURRENCY,

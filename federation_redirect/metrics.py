@@ -389,7 +389,8 @@ class Metrics:
 
         latency = HistogramMetricFamily(
             "federation_request_duration_seconds",
-            "Time to answer a request, by route kind (launch, build, badge, proxy, preflight).",
+            "Time to answer a request, by route kind (launch, build, badge, proxy, preflight); "
+            "for launches and builds, to decide, count and build the answer.",
             labels=["route"],
         )
         for route, s in sorted(self.latency.series.items()):

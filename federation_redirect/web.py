@@ -39,7 +39,7 @@ from .policy import route
 from .registry import Registry
 from .types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["LOCAL_PATHS", "FrontDoor"]
+__all__ = ["LAUNCH_PREFIXES", "LOCAL_PATHS", "Answer", "FrontDoor"]
 
 # Paths served by the local endpoints (probes, metrics, operator API, docs, status page).
 LOCAL_PATHS = frozenset(
@@ -74,6 +74,10 @@ _COOKIE_REASONS = (DecisionReason.HASH, DecisionReason.RANDOM)
 _PRINTABLE: Final = bytes(range(0x21, 0x7F))
 
 
+# An answer: status, headers (each answer has a content-length) and body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
 async def _respond(
     send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b""
 ) -> None:
@@ -81,7 +85,7 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _plain(send: Send, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
+def _plain_answer(status: int, text: str, *extra: tuple[bytes, bytes]) -> Answer:
     body = text.encode() + b"\n"
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
@@ -89,7 +93,11 @@ async def _plain(send: Send, status: int, text: str, *extra: tuple[bytes, bytes]
         _NO_STORE,
         *extra,
     ]
-    await _respond(send, status, headers, body)
+    return status, headers, body
+
+
+async def _plain(send: Send, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
+    await _respond(send, *_plain_answer(status, text, *extra))
 
 
 class FrontDoor:
@@ -144,39 +152,44 @@ class FrontDoor:
         self.metrics.latency.observe("badge", time.perf_counter() - start)
 
     async def launch(self, scope: Scope, send: Send) -> None:
-        """Answer a launch or build request with a 307 to the chosen member."""
-        start = time.perf_counter()
+        """Answer a launch or build request: a 307 to the chosen member for GET and HEAD."""
         method: str = scope["method"]
         if method == "GET" or method == "HEAD":
-            answer = self.redirect(scope)
-            if answer is None:
-                await _plain(send, 400, "malformed launch URL")
-                return
-            if isinstance(answer, str):
-                await _plain(send, 503, answer, (b"retry-after", b"60"))
-                return
-            headers, decision, key = answer
-            if self.abuse is not None:
-                new = method == "GET" and decision.reason is not DecisionReason.COOKIE
-                refusal = self.abuse.check(scope, new_session=new)
-                if refusal is not None:
-                    await _plain(send, refusal.status, refusal.message, *refusal.headers)
-                    return
-            await send({"type": "http.response.start", "status": 307, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-            member = decision.member.name
-            if method == "GET":  # HEAD is a link checker, not a launch
-                registry = self.registry
-                registry.loads.record(member, key, registry.clock())
-            metrics = self.metrics
-            metrics.redirects.inc(member, decision.reason)
-            kind = "build" if scope["path"].startswith("/build/") else "launch"
-            metrics.latency.observe(kind, time.perf_counter() - start)
+            await _respond(send, *self.answer(scope))
         elif method == "OPTIONS":
+            start = time.perf_counter()
             await _respond(send, 204, _PREFLIGHT_HEADERS)
             self.metrics.latency.observe("preflight", time.perf_counter() - start)
         else:
             await _plain(send, 405, f"{method} is not allowed on launch URLs", _ALLOW)
+
+    def answer(self, scope: Scope) -> Answer:
+        """The answer to a GET or HEAD launch, decided, counted and measured, without I/O:
+        the 307, or 400 (malformed URL), 503 (every member in maintenance) or an abuse
+        control's refusal. Sent by :meth:`launch`, or straight from the HTTP protocol
+        (:mod:`federation_redirect.protocol`)."""
+        start = time.perf_counter()
+        method: str = scope["method"]
+        decided = self.redirect(scope)
+        if decided is None:
+            return _plain_answer(400, "malformed launch URL")
+        if isinstance(decided, str):
+            return _plain_answer(503, decided, (b"retry-after", b"60"))
+        headers, decision, key = decided
+        if self.abuse is not None:
+            new = method == "GET" and decision.reason is not DecisionReason.COOKIE
+            refusal = self.abuse.check(scope, new_session=new)
+            if refusal is not None:
+                return _plain_answer(refusal.status, refusal.message, *refusal.headers)
+        member = decision.member.name
+        if method == "GET":  # HEAD is a link checker, not a launch
+            registry = self.registry
+            registry.loads.record(member, key, registry.clock())
+        metrics = self.metrics
+        metrics.redirects.inc(member, decision.reason)
+        kind = "build" if scope["path"].startswith("/build/") else "launch"
+        metrics.latency.observe(kind, time.perf_counter() - start)
+        return 307, headers, b""
 
     def redirect(self, scope: Scope) -> _Redirect | str | None:
         """Decide a GET or HEAD launch: ``(headers of the 307, decision, repository key)``, a

@@ -119,14 +119,32 @@ def mark(
 
 
 class ServedApp:
-    """Any ASGI app served by a real uvicorn server on 127.0.0.1 in this event loop."""
+    """Any ASGI app served by a real uvicorn server on 127.0.0.1 in this event loop, with the
+    HTTP protocol ``federation-redirect serve`` runs (launches answered without ASGI's cycle)."""
 
-    def __init__(self, app: ASGIApp, *, lifespan: str = "on") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        lifespan: str = "on",
+        shortcut: bool = True,
+        forwarded_allow_ips: str | None = None,
+        timeout_keep_alive: int = 5,
+    ) -> None:
         import uvicorn
 
+        from federation_redirect.cli import HEADER_TIMEOUT_SECONDS, MAX_HEADER_BYTES
+        from federation_redirect.httplimits import bounded_http
+        from federation_redirect.protocol import front_door_http
+
         self.app = app
+        # shortcut=False: every request through ASGI, with the same request-head limits
+        protocol = front_door_http if shortcut else bounded_http
         self._config = uvicorn.Config(
             app,
+            http=protocol(MAX_HEADER_BYTES, HEADER_TIMEOUT_SECONDS),
+            forwarded_allow_ips=forwarded_allow_ips,
+            timeout_keep_alive=timeout_keep_alive,
             lifespan=lifespan,
             access_log=False,
             log_config=None,

@@ -74,6 +74,7 @@ class FrontDoorProtocol(BoundedHttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._door: FrontDoor | None = None
+        self._idle_since: float | None = None  # loop time the connection fell idle, if it is
         self._proxies: ProxyHeadersMiddleware | None = None
         app: Any = self.app
         if isinstance(app, ProxyHeadersMiddleware):
@@ -89,6 +90,49 @@ class FrontDoorProtocol(BoundedHttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._door is None or not self._answer_launch(self._door):
             super().on_headers_complete()
+
+    # -- one keep-alive timer per connection ---------------------------------------------------
+    # uvicorn arms a timer after every response and cancels it when the next request's bytes
+    # arrive (about 2 us a request). Here the timer stays armed: a response notes when the
+    # connection fell idle, a read that it is busy, and the timer, when it fires, closes the
+    # connection only if it has been idle for the whole timeout (else it waits out the rest).
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # busy: the armed timer will let the connection be
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the timer
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_due
+            )
+
+    def _keep_alive_due(self) -> None:
+        self.timeout_keep_alive_task = None
+        idle_since = self._idle_since
+        if idle_since is None:
+            return  # a request is being answered; its response arms the timer again
+        left = idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_due)
+        else:
+            self.timeout_keep_alive_handler()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
+        super().connection_lost(exc)
 
     def _answer_launch(self, door: FrontDoor) -> bool:
         """Answer the request now if it is a launch that needs nothing of ASGI."""

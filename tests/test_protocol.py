@@ -153,6 +153,25 @@ async def test_a_kept_alive_connection_serves_many_launches_then_times_out(
             writer.close()
 
 
+async def test_keep_alive_counts_from_the_last_answer_not_the_first(
+    app: FederationApp,
+) -> None:
+    async with ServedApp(app, lifespan="off", timeout_keep_alive=1) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        loop = asyncio.get_running_loop()
+        try:
+            for n in range(6):  # busy for 2.4 s, never idle for 1 s
+                writer.write(f"GET /v2/gh/org/r{n}/HEAD HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 307 ")
+                await asyncio.sleep(0.4)
+            idle_from = loop.time() - 0.4
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            assert 0.9 <= loop.time() - idle_from <= 2.0
+        finally:
+            writer.close()
+
+
 async def test_http_1_0_and_connection_close_end_the_connection(app: FederationApp) -> None:
     async with ServedApp(app, lifespan="off") as served:
         for request in (REQUESTS[5], REQUESTS[6]):

@@ -87,8 +87,25 @@ class FrontDoorProtocol(BoundedHttpToolsProtocol):
         ):
             self._door = app
 
+    def on_message_begin(self) -> None:
+        if self._door is None:
+            super().on_message_begin()
+            return
+        # uvicorn's, without the ASGI scope: made only if the request goes the ASGI way
+        self._in_head = True
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
     def on_headers_complete(self) -> None:
-        if self._door is None or not self._answer_launch(self._door):
+        if self._door is None:
+            super().on_headers_complete()
+        elif not self._answer_launch(self._door):
+            # uvicorn's scope for this request, made by uvicorn, on the head read so far
+            url, headers, expect = self.url, self.headers, self.expect_100_continue
+            super().on_message_begin()
+            self.url, self.headers, self.expect_100_continue = url, headers, expect
+            self.scope["headers"] = headers
             super().on_headers_complete()
 
     # -- one keep-alive timer per connection ---------------------------------------------------

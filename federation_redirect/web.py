@@ -13,8 +13,10 @@ Guarantees:
   >= 0x7f) is refused with 400, so there is no header injection and no open redirect.
 * The hot path does no I/O, takes no lock and reads only the current snapshot.
 
-Costs (README, "Performance"): a redirect is decided synchronously in one call
-(:meth:`FrontDoor.redirect`) and sent with two ``send`` calls; header names and constant
+Costs (README, "Performance"): a redirect is decided, counted and measured synchronously in
+one call (:meth:`FrontDoor.answer`), whose answer the server's HTTP protocol writes at once
+(:mod:`federation_redirect.protocol`: no ASGI cycle, task or ``send``) or, when it cannot,
+:meth:`FrontDoor.launch` sends with two ``send`` calls; header names and constant
 headers are prebuilt bytes, member URLs are encoded once per snapshot, the cookie expiry date
 is formatted once a second, repository keys are interned (one string per repository for the
 launch counters and the ranking cache), and no regex, framework or validation model runs per

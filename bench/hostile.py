@@ -13,7 +13,9 @@ odd methods) against the complete redirector with every abuse control on:
 * ``--asgi`` requests through the ASGI app directly (every byte reaches it as generated);
 * ``--raw`` requests as bytes on a socket to a real uvicorn server configured exactly as
   ``federation-redirect serve`` configures it, with three real members behind it (httptools
-  parses the requests; the home page is really proxied).
+  parses the requests; the home page is really proxied); then as many again to the same
+  server without abuse controls, where launches are answered by the HTTP protocol itself
+  (:mod:`federation_redirect.protocol`) instead of the ASGI app.
 
 An answer *escapes* when it carries a ``Location`` outside the configured members and the
 badge host (or one that does not end with the request's own path and query, byte for byte),
@@ -30,6 +32,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +40,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from federation_redirect.config import Config
 from tests.test_hostile import (  # the repository root is on sys.path first
     Request,
     ThreadServer,
@@ -48,6 +52,7 @@ from tests.test_hostile import (  # the repository root is on sys.path first
     hostile_requests,
     judge,
     live_config,
+    live_config_without_abuse_controls,
     raw_exchange,
     wire,
 )
@@ -119,10 +124,10 @@ def run_asgi(n: int, at: int) -> Counts:
     return counts
 
 
-def run_raw(n: int, at: int) -> Counts:
+def run_raw(n: int, at: int, config_for: Callable[[dict[str, str]], Config]) -> Counts:
     counts = Counts()
     started = time.perf_counter()
-    with ThreadServer(live_config) as server:
+    with ThreadServer(config_for) as server:
         assert server.config is not None
         allowed = allowed_locations(server.config)
 
@@ -157,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = {"asgi": run_asgi(args.asgi, args.seed)}
     if args.raw:
-        results["raw"] = run_raw(args.raw, args.seed)
+        results["raw"] = run_raw(args.raw, args.seed, live_config)
+        results["fast"] = run_raw(args.raw, args.seed, live_config_without_abuse_controls)
     ok = True
     for name, counts in results.items():
         print(

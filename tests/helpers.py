@@ -7,7 +7,7 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from federation_redirect.config import Config, parse_config
 from federation_redirect.models import Capacity, HealthReport, HealthState
@@ -126,7 +126,7 @@ class ServedApp:
         self,
         app: ASGIApp,
         *,
-        lifespan: str = "on",
+        lifespan: Literal["auto", "on", "off"] = "on",
         shortcut: bool = True,
         forwarded_allow_ips: str | None = None,
         timeout_keep_alive: int = 5,

@@ -455,9 +455,18 @@ def live_config(members: dict[str, str]) -> Config:
     return parse_config(doc)
 
 
-@pytest.fixture(scope="module")
-def live() -> Iterator[ThreadServer]:
-    with ThreadServer(live_config) as server:
+def live_config_without_abuse_controls(members: dict[str, str]) -> Config:
+    """As :func:`live_config`, but launches are answered by the HTTP protocol itself (abuse
+    controls keep them on the ASGI path)."""
+    doc = live_config(members).model_dump(mode="json")
+    del doc["abuse"]
+    return parse_config(doc)
+
+
+@pytest.fixture(scope="module", params=["asgi", "shortcut"])
+def live(request: pytest.FixtureRequest) -> Iterator[ThreadServer]:
+    config_for = live_config if request.param == "asgi" else live_config_without_abuse_controls
+    with ThreadServer(config_for) as server:
         yield server
 
 

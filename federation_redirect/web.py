@@ -25,6 +25,7 @@ request.
 
 from __future__ import annotations
 
+import logging
 import random
 import sys
 import time
@@ -42,6 +43,8 @@ from .registry import Registry
 from .types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["LAUNCH_PREFIXES", "LOCAL_PATHS", "Answer", "FrontDoor"]
+
+log = logging.getLogger("federation_redirect.web")
 
 # Paths served by the local endpoints (probes, metrics, operator API, docs, status page).
 LOCAL_PATHS = frozenset(
@@ -100,6 +103,24 @@ def _plain_answer(status: int, text: str, *extra: tuple[bytes, bytes]) -> Answer
 
 async def _plain(send: Send, status: int, text: str, *extra: tuple[bytes, bytes]) -> None:
     await _respond(send, *_plain_answer(status, text, *extra))
+
+
+def _trace(scope: Scope, status: int, outcome: str, reason: str = "", key: str = "") -> None:
+    """One debug line per launch answered (``--log-level debug``); nothing at other levels.
+    No client address: the metrics count, this line explains."""
+    if log.isEnabledFor(logging.DEBUG):
+        raw = scope.get("raw_path") or scope["path"].encode()
+        query = scope.get("query_string") or b""
+        target = raw + b"?" + query if query else raw
+        log.debug(
+            "%s %s -> %d %s%s%s",
+            scope["method"],
+            str(target)[2:-1],  # as a bytes literal: a control byte cannot break the line
+            status,
+            outcome,
+            f" ({reason})" if reason else "",
+            f" [repository {key}]" if key else "",
+        )
 
 
 class FrontDoor:
@@ -174,14 +195,17 @@ class FrontDoor:
         method: str = scope["method"]
         decided = self.redirect(scope)
         if decided is None:
+            _trace(scope, 400, "malformed launch URL")
             return _plain_answer(400, "malformed launch URL")
         if isinstance(decided, str):
+            _trace(scope, 503, "every member in maintenance")
             return _plain_answer(503, decided, (b"retry-after", b"60"))
         headers, decision, key = decided
         if self.abuse is not None:
             new = method == "GET" and decision.reason is not DecisionReason.COOKIE
             refusal = self.abuse.check(scope, new_session=new)
             if refusal is not None:
+                _trace(scope, refusal.status, refusal.message)
                 return _plain_answer(refusal.status, refusal.message, *refusal.headers)
         member = decision.member.name
         if method == "GET":  # HEAD is a link checker, not a launch
@@ -191,6 +215,7 @@ class FrontDoor:
         metrics.redirects.inc(member, decision.reason)
         kind = "build" if scope["path"].startswith("/build/") else "launch"
         metrics.latency.observe(kind, time.perf_counter() - start)
+        _trace(scope, 307, member, decision.reason, key)
         return 307, headers, b""
 
     def redirect(self, scope: Scope) -> _Redirect | str | None:

@@ -5,6 +5,7 @@ ASGI could make a difference."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 from typing import Any
@@ -16,7 +17,7 @@ from federation_redirect.cookies import cookie_name
 from federation_redirect.keys import launch_key
 from federation_redirect.types import Scope
 
-from .helpers import ServedApp, mark, three_members
+from .helpers import ServedApp, asgi_request, mark, three_members
 
 BROWSER = b"User-Agent: Mozilla/5.0\r\nAccept: text/html\r\nX-Forwarded-For: 203.0.113.7\r\n"
 
@@ -238,3 +239,32 @@ async def test_a_failing_answer_is_a_500_and_the_server_goes_on(
     assert failed.startswith(b"HTTP/1.1 500 ") and b"connection: close" in failed
     assert ok.startswith(b"HTTP/1.1 307 ")
     assert "exception answering /v2/gh/org/repo/HEAD" in caplog.text
+
+
+async def test_each_launch_logs_one_debug_line_and_nothing_at_info(
+    app: FederationApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with ServedApp(app, lifespan="off") as served:
+        with caplog.at_level(logging.INFO, logger="federation_redirect"):
+            await exchange(served.port, REQUESTS[0])
+        assert not caplog.records
+        with caplog.at_level(logging.DEBUG, logger="federation_redirect"):
+            await exchange(served.port, REQUESTS[0])
+            await exchange(served.port, REQUESTS[3])  # HEAD: answered, logged, not counted
+    lines = [r.getMessage() for r in caplog.records if r.name == "federation_redirect.web"]
+    assert len(lines) == 2
+    assert re.fullmatch(
+        r"GET /v2/gh/org/repo/HEAD\?urlpath=lab -> 307 [abc] \(hash\) \[repository \S+\]",
+        lines[0],
+    ), lines[0]
+    assert lines[1].startswith("HEAD /v2/gh/org/repo/HEAD -> 307 "), lines[1]
+
+
+async def test_the_debug_line_cannot_be_broken_by_a_control_byte(
+    app: FederationApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="federation_redirect.web"):
+        answer = await asgi_request(app, b"/v2/gh/o/r/\r\nX-Forged: 1")
+    assert answer.status == 400
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "federation_redirect.web"]
+    assert line == r"GET /v2/gh/o/r/\r\nX-Forged: 1 -> 400 malformed launch URL"

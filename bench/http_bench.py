@@ -2,18 +2,19 @@
 
 Usage::
 
-    python bench/http_bench.py [--json PATH] [--duration 4] [--repos 10000] [--no-redis]
+    python bench/http_bench.py [--json PATH] [--duration 2] [--rounds 5] [--repos 10000]
+                               [--no-redis]
 
 About 2 minutes on 2 CPUs. Everything runs on this machine, on 127.0.0.1:
 
 * three fake members (``python -m federation_redirect.testing --control``), reporting pod
   quotas of 1,000,000, so that no load bound is active;
-* the ceiling (``bench/ceiling.py``: uvicorn, uvloop, httptools, a fixed 307), then the
-  redirector (``python -m federation_redirect serve``, default log level) with the in-memory
-  store, then again with the Redis store (a throwaway ``redis-server``, see
-  :mod:`federation_redirect.localredis`). The server under test is pinned to one CPU
-  (``--server-cpu``, default 0); the load generators, the members and Redis to another
-  (``--load-cpu``, default 1), like ``taskset -c``.
+* side by side on one CPU (``--server-cpu``, default 0; like ``taskset -c``): the ceiling
+  (``bench/ceiling.py``: uvicorn, uvloop, httptools, a fixed 307), the redirector
+  (``python -m federation_redirect serve``, default log level) with the in-memory store, and
+  another with the Redis store (a throwaway ``redis-server``, see
+  :mod:`federation_redirect.localredis`); the load generators, the members and Redis run on
+  another CPU (``--load-cpu``, default 1).
 
 The configuration is production's (``bounded``, default ``routing`` and ``check`` settings)
 except: ``per_repo_cap`` 1,000,000 (each repository is launched hundreds of times in a run)
@@ -29,21 +30,26 @@ browser-like headers and ``X-Forwarded-For``/``-Proto: https`` as behind the ing
 ``bounded`` ``/v2`` launches while the members report quotas of 60: every load bound is
             active and launches spill or saturate (the reasons are shown).
 
-Each server first serves 3 s of launches (a production replica has run for days: its ranking
-cache, interned keys and launch counters are full). Per case: a 1 s warm-up, then
-**saturation** with wrk (``-t1 -c50``, a Lua script that cycles through the request file;
-without wrk, ``bench/loadgen.py`` in closed loop, much slower): requests/s and wrk's latency
-p50/p99; **CPU** of the server process over that run (from ``/proc/<pid>/task/*/schedstat``)
-divided by the requests answered, and the share of the wall time it was busy (below ~95 %: the
-load generator, not the server, was the limit); then a **fixed offered rate** of 2,000
+Each redirector first serves 3 s of launches (a production replica has run for days: its
+ranking cache, interned keys and launch counters are full). Then the redirect cases (``v2``,
+``build``, ``cookie``) are measured in ``--rounds`` interleaved rounds: in each, the ceiling,
+then every case on each redirector (their order alternating from round to round), so that a
+drift of this machine's speed during the run falls on every server alike; a row reports the
+median of its rounds and their range. Each is a **saturation** run of ``--duration`` seconds
+with wrk (``-t1 -c50``, a Lua script that cycles through the request file; without wrk,
+``bench/loadgen.py`` in closed loop, much slower): requests/s and wrk's latency p50/p99;
+**CPU** of the server process over that run (from ``/proc/<pid>/task/*/schedstat``) divided by
+the requests answered, and the share of the wall time it was busy (below ~95 %: the load
+generator, not the server, was the limit). Then, per row, a **fixed offered rate** of 2,000
 requests/s (``bench/loadgen.py``, open loop, latency from when each request was due; half the
 saturation rate if that is lower, so that the queue stays bounded); the server's **peak RSS**
-(VmHWM) so far; and how the redirector decided (from its ``/metrics``). ``x ceiling`` is
-requests/s over the ceiling's in the same run; ``other`` is the CPU used meanwhile by processes
-that are not this benchmark's (from ``/proc/stat``): when it is high, the figures are not to be
-trusted. The redirector's log lines during the load phases are counted (there should be none).
-As root, the servers, members and generators run at nice -10 (``--priority``). ``--json PATH``
-writes everything.
+(VmHWM) so far; and how the redirector decided (from its ``/metrics``). ``bounded`` and
+``home`` (no target) get one run each after a 1 s warm-up. ``x ceiling`` is requests/s over
+the ceiling's in the same run; ``other`` is the CPU used meanwhile by processes that are not
+this benchmark's (from ``/proc/stat``; the most of any round): when it is high, the figures
+are not to be trusted. The redirectors' log lines during the load phases are counted (there
+should be none). As root, the servers, members and generators run at nice -10
+(``--priority``). ``--json PATH`` writes everything.
 
 wrk is Debian's: if it is missing and we are root, ``apt-get install -y wrk`` is tried once
 (``--no-install`` to skip). Exit status 1 if a target (README, "Performance") is missed.
@@ -815,10 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="PATH", help="also write the results here")
     parser.add_argument(
-        "--duration", type=float, default=3.0, help="seconds of each saturation run (3)"
+        "--duration", type=float, default=2.0, help="seconds of each saturation run (2)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved rounds of the redirect cases (3)"
+        "--rounds", type=int, default=5, help="interleaved rounds of the redirect cases (5)"
     )
     parser.add_argument("--rate-duration", type=float, default=3.0, help="fixed-rate seconds (3)")
     parser.add_argument("--repos", type=int, default=10_000, help="distinct repositories (10000)")

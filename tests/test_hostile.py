@@ -883,16 +883,24 @@ async def test_a_head_that_arrives_in_one_read_arms_no_timer(
     monkeypatch.setattr(BoundedHttpToolsProtocol, "_arm", counting_arm)
     async with bounded_server(max_head=1024, timeout=5) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for i in range(50):
-            writer.write(f"GET /r{i} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
-            await reader.readuntil(f"GET /r{i} 0".encode())
-        # one timer for the connection's opening, none per request
-        assert len(armed) == 1
-        writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n")  # a head that goes on
-        await writer.drain()
-        await asyncio.sleep(0.1)
-        assert len(armed) == 2
-        writer.close()
+        try:
+            for i in range(50):
+                writer.write(f"GET /r{i} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+                await reader.readuntil(f"GET /r{i} 0".encode())
+            # one timer for the connection's opening, none per request (other servers of
+            # this process arm theirs: only this server's connections count)
+            assert len(mine(armed, port)) == 1
+            writer.write(b"GET /slow HTTP/1.1\r\nhost: x\r\n")  # a head that goes on
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            assert len(mine(armed, port)) == 2
+        finally:
+            writer.close()
+
+
+def mine(protocols: list[Any], port: int) -> list[Any]:
+    """The protocols of the connections accepted on ``port``."""
+    return [p for p in protocols if p.server is not None and p.server[1] == port]
 
 
 async def test_request_heads_are_bounded_in_size_and_time_but_bodies_and_keep_alive_are_not() -> (

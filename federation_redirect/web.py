@@ -123,6 +123,12 @@ def _trace(scope: Scope, status: int, outcome: str, reason: str = "", key: str =
         )
 
 
+def _refused(scope: Scope, status: int, text: str, *extra: tuple[bytes, bytes]) -> Answer:
+    """A launch refused with ``text``: traced at debug level and answered in plain text."""
+    _trace(scope, status, text)
+    return _plain_answer(status, text, *extra)
+
+
 class FrontDoor:
     """The outermost ASGI app. ``local`` serves LOCAL_PATHS, the lifespan and any other kind
     of connection (see :mod:`federation_redirect.local`); ``proxy`` the other paths."""
@@ -195,18 +201,15 @@ class FrontDoor:
         method: str = scope["method"]
         decided = self.redirect(scope)
         if decided is None:
-            _trace(scope, 400, "malformed launch URL")
-            return _plain_answer(400, "malformed launch URL")
+            return _refused(scope, 400, "malformed launch URL")
         if isinstance(decided, str):
-            _trace(scope, 503, "every member in maintenance")
-            return _plain_answer(503, decided, (b"retry-after", b"60"))
+            return _refused(scope, 503, decided, (b"retry-after", b"60"))
         headers, decision, key = decided
         if self.abuse is not None:
             new = method == "GET" and decision.reason is not DecisionReason.COOKIE
             refusal = self.abuse.check(scope, new_session=new)
             if refusal is not None:
-                _trace(scope, refusal.status, refusal.message)
-                return _plain_answer(refusal.status, refusal.message, *refusal.headers)
+                return _refused(scope, refusal.status, refusal.message, *refusal.headers)
         member = decision.member.name
         if method == "GET":  # HEAD is a link checker, not a launch
             registry = self.registry

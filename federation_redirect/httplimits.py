@@ -74,9 +74,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
+        self._head_complete()
+        super().on_headers_complete()
+
+    def _head_complete(self) -> None:
+        """The request head is complete: its limits no longer apply."""
         self._in_head = False
         self._disarm()
-        super().on_headers_complete()
 
     def _arm(self) -> None:
         self._head_timer = self.loop.call_later(self.head_timeout, self._timed_out)

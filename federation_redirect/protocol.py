@@ -197,8 +197,7 @@ class FrontDoorProtocol(BoundedHttpToolsProtocol):
             "server": self.server,
             "root_path": "",
         }
-        self._in_head = False
-        self._disarm()
+        self._head_complete()
         keep_alive = http_version != "1.0" and parser.should_keep_alive()
         try:
             status, answer, body = door.answer(scope)
